@@ -1,0 +1,87 @@
+"""Data lists for the bundles: the Decathlon-style ``dataset.json`` and input folders for inference."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: keys of a data-list entry that hold file paths (``image`` may be a list of files, one per modality)
+PATH_KEYS = ("image", "label", "mask")
+
+
+def _absolute(entry: dict[str, Any], root: Path, source: Path) -> dict[str, Any]:
+    """Return a copy of ``entry`` whose path keys are absolute, raising if a referenced file is missing."""
+    out = dict(entry)
+    for key in PATH_KEYS:
+        if key not in entry:
+            continue
+        paths = entry[key] if isinstance(entry[key], (list, tuple)) else [entry[key]]
+        resolved = [str(p if Path(p).is_absolute() else root / p) for p in paths]
+        for path in resolved:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{source}: the {key} file {path} does not exist.")
+        out[key] = resolved if isinstance(entry[key], (list, tuple)) else resolved[0]
+    return out
+
+
+def load_datalist(
+    dataset_dir: str,
+    split: str = "training",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    require_label: bool = True,
+) -> list[dict[str, Any]]:
+    """Read one split of ``dataset_dir/dataset.json`` with absolute paths.
+
+    ``split`` is ``training``, ``validation`` or ``test``. When ``dataset.json`` has no ``validation`` list, a
+    fixed, seeded ``val_fraction`` of ``training`` is held out: ``training`` then returns the rest and
+    ``validation`` the held-out cases, so the two never overlap. ``test`` falls back to the validation cases
+    when the file has no labelled ``test`` list, so evaluation always has a labelled split.
+    """
+    source = Path(dataset_dir) / "dataset.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no dataset.json in dataset_dir {dataset_dir}.")
+    try:
+        with open(source) as f:
+            index = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not valid JSON ({e}).") from e
+    if not index.get("training"):
+        raise ValueError(f"{source}: the 'training' list is missing or empty.")
+    entries = [e if isinstance(e, dict) else {"image": e} for e in index.get(split) or []]
+    if split == "test" and require_label and not any("label" in e for e in entries):
+        logger.info("%s: no labelled 'test' list, evaluating on the validation cases", source)
+        split, entries = "validation", []
+    if split in ("training", "validation") and not index.get("validation"):
+        cases = list(index["training"])
+        order = list(range(len(cases)))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, round(val_fraction * len(cases))) if len(cases) > 1 else 0
+        held_out = set(order[:n_val])
+        entries = [c for i, c in enumerate(cases) if (i in held_out) == (split == "validation")]
+    elif split in ("training", "validation"):
+        entries = list(index[split])
+    if require_label:
+        for entry in entries:
+            if "label" not in entry:
+                raise ValueError(f"{source}: the {split} case {entry.get('image')} has no 'label'.")
+    return [_absolute(e, Path(dataset_dir), source) for e in entries]
+
+
+def list_images(input_dir: str, extensions: Sequence[str]) -> list[dict[str, Any]]:
+    """List ``{"image": path}`` for every file in ``input_dir`` whose name ends with one of ``extensions``."""
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: input_dir does not exist or is not a folder.")
+    suffixes = tuple(e.lower() for e in extensions)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+    if not files:
+        raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {', '.join(suffixes)}.")
+    return [{"image": str(p)} for p in files]

@@ -1,0 +1,86 @@
+"""Ignite handlers MONAI lacks: a per-case table (metrics or clinical measurements) written at the end of a run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from common.tables import case_stem, summarize, write_csv_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def _source_of(item: dict[str, Any], key: str) -> str:
+    """The file an output item was read from."""
+    value = item.get(key)
+    meta = getattr(value, "meta", None) or item.get(f"{key}_meta_dict") or {}
+    name = meta.get("filename_or_obj", "")
+    return str(name[0] if isinstance(name, (list, tuple)) else name)
+
+
+class CaseTableWriter:
+    """Compute one row per case from an engine's post-processed output, and write them as CSV and JSON.
+
+    On every iteration ``row_fn(item)`` is called for each decollated case (its batch and output items merged); at the end of the run the rows
+    go to ``output_dir/<name>.csv`` and the mean/std/median of every numeric column to
+    ``output_dir/<name>_summary.json``. With ``per_case_json=True`` each row is also written, as it is computed,
+    to ``output_dir/<case>_<name>.json``. The summary means are put in ``engine.state.metrics`` as
+    ``<name>/<column>`` so ``StatsHandler`` and TensorBoard show them.
+
+    Args:
+        row_fn: maps one post-processed item (a dict of tensors) to a dict of values.
+        output_dir: folder of the files.
+        name: base name of the files (e.g. ``metrics`` or ``measurements``).
+        per_case_json: also write one JSON file per case.
+        source_key: key whose metadata names the case's file.
+    """
+
+    def __init__(
+        self,
+        row_fn: Callable[[dict[str, Any]], dict[str, Any]],
+        output_dir: str,
+        name: str = "metrics",
+        per_case_json: bool = False,
+        source_key: str = "image",
+    ) -> None:
+        self.row_fn = row_fn
+        self.output_dir = Path(output_dir)
+        self.name = name
+        self.per_case_json = per_case_json
+        self.source_key = source_key
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler on ``engine``."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        outputs, batches = engine.state.output, engine.state.batch
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        batches = batches if isinstance(batches, list) and len(batches) == len(outputs) else [{}] * len(outputs)
+        for batch_item, output_item in zip(batches, outputs):
+            item = {**batch_item, **output_item}  # post-processing leaves unchanged inputs (e.g. a mask) in the batch
+            source = _source_of(item, self.source_key)
+            row = {"case": case_stem(source), "file": source, **self.row_fn(item)}
+            self.rows.append(row)
+            if self.per_case_json:
+                write_json_atomic(self.output_dir / f"{row['case']}_{self.name}.json", row)
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        summary = summarize(self.rows)
+        write_csv_atomic(self.output_dir / f"{self.name}.csv", self.rows)
+        write_json_atomic(self.output_dir / f"{self.name}_summary.json", {"cases": len(self.rows), **summary})
+        for column, stats in summary.items():
+            engine.state.metrics[f"{self.name}/{column}"] = stats["mean"]
+        logger.info("wrote %d cases to %s", len(self.rows), self.output_dir / f"{self.name}.csv")

@@ -1,0 +1,144 @@
+"""The shared package's data lists, input checks, screened dataset, atomic saving and per-case tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from PIL import Image
+
+from common.data import list_images, load_datalist
+from common.handlers import CaseTableWriter
+from common.screening import ScreenedDataset
+from common.tables import case_stem, summarize, write_csv_atomic
+from common.transforms import AtomicSaveImaged, CheckImaged
+
+
+def write_index(root: Path, n: int, extra: dict | None = None) -> None:
+    """A dataset.json with n training cases whose files exist."""
+    for i in range(n):
+        (root / f"img{i}.png").write_bytes(b"x")
+        (root / f"lab{i}.png").write_bytes(b"x")
+    index = {"training": [{"image": f"img{i}.png", "label": f"lab{i}.png"} for i in range(n)], **(extra or {})}
+    (root / "dataset.json").write_text(json.dumps(index))
+
+
+def test_held_out_split_is_seeded_disjoint_and_complete(tmp_path):
+    write_index(tmp_path, 10)
+    train = load_datalist(str(tmp_path), "training", val_fraction=0.2, seed=3)
+    val = load_datalist(str(tmp_path), "validation", val_fraction=0.2, seed=3)
+    assert len(train) == 8 and len(val) == 2
+    names = {Path(c["image"]).name for c in train} | {Path(c["image"]).name for c in val}
+    assert len(names) == 10
+    assert val == load_datalist(str(tmp_path), "validation", val_fraction=0.2, seed=3)
+    assert all(Path(c["image"]).is_absolute() for c in train)
+    # no labelled test list: evaluation falls back to the held-out cases
+    assert load_datalist(str(tmp_path), "test", val_fraction=0.2, seed=3) == val
+
+
+def test_explicit_validation_list_is_used(tmp_path):
+    write_index(tmp_path, 4, {"validation": [{"image": "img0.png", "label": "lab0.png"}]})
+    assert len(load_datalist(str(tmp_path), "training")) == 4
+    assert [Path(c["image"]).name for c in load_datalist(str(tmp_path), "validation")] == ["img0.png"]
+
+
+def test_missing_files_and_labels_are_named(tmp_path):
+    write_index(tmp_path, 3)
+    (tmp_path / "lab1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="lab1.png does not exist"):
+        load_datalist(str(tmp_path), "training", val_fraction=0.0)
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [{"image": "img0.png"}]}))
+    with pytest.raises(ValueError, match="img0.png has no 'label'"):
+        load_datalist(str(tmp_path), "training", val_fraction=0.0)
+    with pytest.raises(FileNotFoundError, match="no dataset.json"):
+        load_datalist(str(tmp_path / "nowhere"))
+
+
+def test_list_images_filters_and_reports_empty_folder(tmp_path):
+    (tmp_path / "b.PNG").write_bytes(b"x")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [Path(c["image"]).name for c in list_images(str(tmp_path), [".png", ".jpg"])] == ["a.jpg", "b.PNG"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        list_images(str(tmp_path / "empty"), [".png"])
+
+
+def test_check_imaged_messages_name_the_file():
+    def image(shape, name, fill=0.0):
+        return MetaTensor(torch.full(shape, fill), meta={"filename_or_obj": name})
+
+    check = CheckImaged(keys=["image", "label"], channels={"image": 3, "label": 1})
+    check({"image": image((3, 4, 5), "a.png"), "label": image((1, 4, 5), "a_lab.png")})
+    cases = [
+        ({"image": image((1, 4, 5), "grey.png")}, "grey.png: the image has 1 channel"),
+        ({"image": image((3, 0, 5), "empty.png")}, "empty.png: the image is empty"),
+        ({"image": image((3, 4, 5), "nan.png", float("nan"))}, "nan.png: the image contains NaN"),
+        (
+            {"image": image((3, 4, 5), "a.png"), "label": image((1, 4, 6), "b.png")},
+            "b.png: the label has spatial shape",
+        ),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check(data)
+
+
+def test_screened_dataset_skips_bad_cases_and_reports_them(tmp_path):
+    Image.fromarray(np.full((6, 5, 3), 9, np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    load = Compose([LoadImaged("image", reader="PILReader", image_only=True), EnsureChannelFirstd("image")])
+    cases = [{"image": str(tmp_path / "good.png")}, {"image": str(tmp_path / "bad.png")}]
+    data = ScreenedDataset(cases, load, report_path=str(tmp_path / "failed.json"))
+    assert len(data) == 1 and data[0]["image"].shape == (3, 5, 6)
+    report = json.loads((tmp_path / "failed.json").read_text())
+    assert [Path(r["image"]).name for r in report] == ["bad.png"] and "bad.png" in report[0]["error"]
+    uncached = ScreenedDataset(cases, load, cache=False)
+    assert len(uncached) == 1 and float(uncached[0]["image"].max()) == 9.0
+    with pytest.raises(RuntimeError, match="none of the 1 cases"):
+        ScreenedDataset(cases[1:], load)
+
+
+def test_atomic_save_writes_final_file_only(tmp_path):
+    image = MetaTensor(torch.ones(1, 7, 5), meta={"filename_or_obj": "/in/case.png"})
+    saver = AtomicSaveImaged(keys="pred", output_dir=str(tmp_path), output_postfix="seg", output_ext=".png",
+                             output_dtype="uint8", scale=255, writer="PILWriter")  # fmt: skip
+    out = saver({"pred": image})
+    assert Path(out["pred"].meta["saved_to"]) == tmp_path / "case_seg.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_seg.png"]
+    assert np.asarray(Image.open(tmp_path / "case_seg.png")).max() == 255
+
+
+def test_case_table_writer_rows_csv_and_summary(tmp_path):
+    def step(engine, batch):
+        return [{"pred": MetaTensor(torch.tensor([batch]), meta={"filename_or_obj": f"/d/case{int(batch)}.nii.gz"})}]
+
+    engine = Engine(step)
+    writer = CaseTableWriter(lambda item: {"value": float(item["pred"][0])}, str(tmp_path), "measure",
+                             per_case_json=True, source_key="pred")  # fmt: skip
+    writer.attach(engine)
+    engine.run([1.0, 2.0, 6.0], max_epochs=1)
+    with open(tmp_path / "measure.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["case1", "case2", "case6"]
+    summary = json.loads((tmp_path / "measure_summary.json").read_text())
+    assert summary["cases"] == 3 and summary["value"]["mean"] == pytest.approx(3.0)
+    assert summary["value"]["median"] == pytest.approx(2.0)
+    assert json.loads((tmp_path / "case6_measure.json").read_text())["value"] == 6.0
+    assert engine.state.metrics["measure/value"] == pytest.approx(3.0)
+
+
+def test_tables_helpers(tmp_path):
+    assert case_stem("/a/b/case_01.nii.gz") == "case_01" and case_stem("x/img.png") == "img"
+    rows = [{"a": 1.0, "b": "x"}, {"a": float("nan"), "c": 2}]
+    assert summarize(rows)["a"]["count"] == 1 and "b" not in summarize(rows)
+    write_csv_atomic(tmp_path / "t.csv", rows)
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == "a,b,c"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
