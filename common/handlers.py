@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class CaseTableWriter:
         name: base name of the files (e.g. ``metrics`` or ``measurements``).
         per_case_json: also write one JSON file per case.
         source_key: key whose metadata names the case's file.
+        derived: further tables made from all rows at the end of the run, ``{name: fn(rows) -> rows}``, each
+            written as ``<name>.csv`` and ``<name>_summary.json`` (e.g. per-subject indices from per-case rows).
     """
 
     def __init__(
@@ -46,12 +48,14 @@ class CaseTableWriter:
         name: str = "metrics",
         per_case_json: bool = False,
         source_key: str = "image",
+        derived: Mapping[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] | None = None,
     ) -> None:
         self.row_fn = row_fn
         self.output_dir = Path(output_dir)
         self.name = name
         self.per_case_json = per_case_json
         self.source_key = source_key
+        self.derived = dict(derived or {})
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -78,9 +82,11 @@ class CaseTableWriter:
     def _write(self, engine: Engine) -> None:
         if not self.rows:
             return
-        summary = summarize(self.rows)
-        write_csv_atomic(self.output_dir / f"{self.name}.csv", self.rows)
-        write_json_atomic(self.output_dir / f"{self.name}_summary.json", {"cases": len(self.rows), **summary})
-        for column, stats in summary.items():
-            engine.state.metrics[f"{self.name}/{column}"] = stats["mean"]
-        logger.info("wrote %d cases to %s", len(self.rows), self.output_dir / f"{self.name}.csv")
+        tables = {self.name: self.rows, **{name: fn(self.rows) for name, fn in self.derived.items()}}
+        for name, rows in tables.items():
+            summary = summarize(rows)
+            write_csv_atomic(self.output_dir / f"{name}.csv", rows)
+            write_json_atomic(self.output_dir / f"{name}_summary.json", {"cases": len(rows), **summary})
+            for column, stats in summary.items():
+                engine.state.metrics[f"{name}/{column}"] = stats["mean"]
+            logger.info("wrote %d rows to %s", len(rows), self.output_dir / f"{name}.csv")

@@ -121,8 +121,11 @@ def test_case_table_writer_rows_csv_and_summary(tmp_path):
         return [{"pred": MetaTensor(torch.tensor([batch]), meta={"filename_or_obj": f"/d/case{int(batch)}.nii.gz"})}]
 
     engine = Engine(step)
+    def totals(rows):
+        return [{"subject": "all", "total": sum(r["value"] for r in rows)}]
+
     writer = CaseTableWriter(lambda item: {"value": float(item["pred"][0])}, str(tmp_path), "measure",
-                             per_case_json=True, source_key="pred")  # fmt: skip
+                             per_case_json=True, source_key="pred", derived={"totals": totals})  # fmt: skip
     writer.attach(engine)
     engine.run([1.0, 2.0, 6.0], max_epochs=1)
     with open(tmp_path / "measure.csv") as f:
@@ -133,6 +136,7 @@ def test_case_table_writer_rows_csv_and_summary(tmp_path):
     assert summary["value"]["median"] == pytest.approx(2.0)
     assert json.loads((tmp_path / "case6_measure.json").read_text())["value"] == 6.0
     assert engine.state.metrics["measure/value"] == pytest.approx(3.0)
+    assert (tmp_path / "totals.csv").read_text().splitlines() == ["subject,total", "all,9.0"]
 
 
 def test_tables_helpers(tmp_path):
