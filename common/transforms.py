@@ -27,12 +27,15 @@ def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
 
 
 class CheckImaged(MapTransform):
-    """Reject bad inputs with one clear message naming the file: channel count, emptiness, NaN, shape mismatch.
+    """Reject bad inputs with one clear message naming the file: channel count, dimensions, emptiness, NaN, label
+    values, shape mismatch.
 
     Args:
         keys: keys of channel-first images to check.
         channels: expected channel count per key (keys not listed are not checked for channels).
         reference_key: spatial shapes of all ``keys`` must equal the shape of this key.
+        spatial_dims: expected number of spatial dimensions (e.g. 3 for a volume); ``None`` accepts any.
+        max_label: per key, the largest class index a label may hold; its values must be integers in 0..max.
         allow_missing_keys: skip keys absent from the data.
     """
 
@@ -41,16 +44,25 @@ class CheckImaged(MapTransform):
         keys: KeysCollection,
         channels: Mapping[str, int] | None = None,
         reference_key: str | None = "image",
+        spatial_dims: int | None = None,
+        max_label: Mapping[str, int] | None = None,
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.channels = dict(channels or {})
         self.reference_key = reference_key
+        self.spatial_dims = spatial_dims
+        self.max_label = dict(max_label or {})
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             img, name = d[key], source_name(d, key)
+            if self.spatial_dims is not None and img.ndim - 1 != self.spatial_dims:
+                raise ValueError(
+                    f"{name}: the {key} has {img.ndim - 1} spatial dimension(s) (shape {tuple(img.shape[1:])}), "
+                    f"expected {self.spatial_dims}."
+                )
             if img.numel() == 0 or min(img.shape[1:], default=0) == 0:
                 raise ValueError(f"{name}: the {key} is empty (shape {tuple(img.shape[1:])}).")
             expected = self.channels.get(str(key))
@@ -58,6 +70,14 @@ class CheckImaged(MapTransform):
                 raise ValueError(f"{name}: the {key} has {img.shape[0]} channel(s), expected {expected}.")
             if torch.is_floating_point(torch.as_tensor(img)) and not torch.isfinite(torch.as_tensor(img)).all():
                 raise ValueError(f"{name}: the {key} contains NaN or infinite values.")
+            top = self.max_label.get(str(key))
+            if top is not None:
+                values = torch.unique(torch.as_tensor(img))
+                bad = values[(values < 0) | (values > top) | (values != torch.round(values))]
+                if bad.numel():
+                    raise ValueError(
+                        f"{name}: the {key} holds values {bad[:5].tolist()} outside the classes 0..{top}."
+                    )
             ref = d.get(self.reference_key) if self.reference_key else None
             if ref is not None and key != self.reference_key and tuple(img.shape[1:]) != tuple(ref.shape[1:]):
                 raise ValueError(

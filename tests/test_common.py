@@ -89,6 +89,12 @@ def test_check_imaged_messages_name_the_file():
     for data, message in cases:
         with pytest.raises(ValueError, match=message):
             check(data)
+    volume_check = CheckImaged(keys=["image", "label"], spatial_dims=3, max_label={"label": 3})
+    volume_check({"image": image((1, 4, 5, 2), "v.nii.gz"), "label": image((1, 4, 5, 2), "l.nii.gz", 3.0)})
+    with pytest.raises(ValueError, match=r"flat.png: the image has 2 spatial dimension\(s\).*expected 3"):
+        volume_check({"image": image((1, 4, 5), "flat.png")})
+    with pytest.raises(ValueError, match=r"l.nii.gz: the label holds values \[7.0\] outside the classes 0..3"):
+        volume_check({"image": image((1, 4, 5, 2), "v.nii.gz"), "label": image((1, 4, 5, 2), "l.nii.gz", 7.0)})
 
 
 def test_screened_dataset_skips_bad_cases_and_reports_them(tmp_path):
