@@ -1,0 +1,5 @@
+"""Networks shared by several bundles."""
+
+from common.networks.fcn import FCN
+
+__all__ = ["FCN"]

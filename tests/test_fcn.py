@@ -1,0 +1,99 @@
+"""The shared FCN-8s network: shapes for any size, 2D and 3D, fusion, upsampling init, TorchScript, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.networks import FCN
+from common.networks.fcn import _Upsample
+
+TINY = (4, 8, 8, 16, 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 64, 64), (1, 1, 33, 100), (1, 2, 7, 9)])
+@pytest.mark.parametrize("upsample", ["deconv", "linear"])
+def test_2d_output_has_input_size(shape, upsample):
+    net = FCN(2, shape[1], 4, features=TINY, upsample=upsample)
+    assert net(torch.rand(shape)).shape == (shape[0], 4, *shape[2:])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 17, 23, 29), (1, 1, 32, 32, 16)])
+def test_3d_output_has_input_size(shape):
+    assert FCN(3, 1, 2, features=TINY)(torch.rand(shape)).shape == (1, 2, *shape[2:])
+
+
+def test_too_few_stages_is_refused():
+    with pytest.raises(ValueError, match="at least three"):
+        FCN(2, 1, 2, features=(4, 8))
+
+
+def test_deconv_starts_as_bilinear_interpolation():
+    up = _Upsample(2, 1, 2, "deconv")
+    x = torch.rand(1, 1, 8, 8)
+    expected = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up(x)[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2])
+    constant = up(torch.ones(1, 1, 6, 6))[..., 2:-2, 2:-2]
+    torch.testing.assert_close(constant, torch.ones_like(constant))
+
+
+def test_context_module_is_applied_at_the_bottleneck():
+    class Record(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.shape[1])
+            return x * 0
+
+    context = Record()
+    torch.manual_seed(0)
+    net = FCN(2, 1, 3, features=TINY, context=context).eval()
+    plain = FCN(2, 1, 3, features=TINY).eval()
+    plain.load_state_dict(net.state_dict())
+    x = torch.rand(1, 1, 40, 40)
+    with torch.no_grad():
+        assert not torch.allclose(net(x), plain(x))
+    assert context.seen == [TINY[-1]]
+
+
+def test_skip_fusion_is_used():
+    torch.manual_seed(0)
+    net = FCN(2, 1, 3, features=TINY).eval()
+    x = torch.rand(1, 1, 48, 48)
+    with torch.no_grad():
+        before = net(x)
+        net.score_pool3.weight.zero_()
+        net.score_pool3.bias.zero_()
+        assert not torch.allclose(before, net(x))
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (1, 1, 37, 41)), (3, (1, 1, 17, 20, 9))])
+def test_torchscript_matches_eager(spatial_dims, shape):
+    net = FCN(spatial_dims, 1, 4, features=TINY).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_gradients_reach_the_first_layer_and_loss_drops():
+    torch.manual_seed(0)
+    net = FCN(2, 1, 3, features=TINY)
+    target = torch.zeros(4, 32, 32, dtype=torch.long)
+    target[:, 8:24, 4:16], target[:, 4:20, 18:30] = 1, 2  # two blocks, coarse enough for 1/8-resolution scores
+    x = (target[:, None].float() / 2 + 0.2 * torch.randn(4, 1, 32, 32)).clamp(0, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(net(x), target)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    first_conv = net.stages[0][0].conv
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+    assert losses[-1] < 0.7 * losses[0]
