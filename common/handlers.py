@@ -25,8 +25,8 @@ def _source_of(item: dict[str, Any], key: str) -> str:
 class CaseTableWriter:
     """Compute one row per case from an engine's post-processed output, and write them as CSV and JSON.
 
-    On every iteration ``row_fn(item)`` is called for each decollated case (its batch and output items merged); at the end of the run the rows
-    go to ``output_dir/<name>.csv`` and the mean/std/median of every numeric column to
+    On every iteration ``row_fn(item)`` is called for each decollated case (its batch and output items merged); at
+    the end of the run the rows go to ``output_dir/<name>.csv`` and the mean/std/median of every numeric column to
     ``output_dir/<name>_summary.json``. With ``per_case_json=True`` each row is also written, as it is computed,
     to ``output_dir/<case>_<name>.json``. The summary means are put in ``engine.state.metrics`` as
     ``<name>/<column>`` so ``StatsHandler`` and TensorBoard show them.

@@ -86,7 +86,9 @@ def write_csv_atomic(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) ->
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean, standard deviation, median, min, max and count (ignoring NaN) of every numeric column."""
     summary: dict[str, dict[str, float]] = {}
-    columns = {k for row in rows for k, v in row.items() if isinstance(_plain(v), (int, float)) and not isinstance(v, bool)}
+    columns = {
+        k for row in rows for k, v in row.items() if isinstance(_plain(v), (int, float)) and not isinstance(v, bool)
+    }
     for column in sorted(columns):
         values = np.array([_plain(r[column]) for r in rows if _plain(r.get(column)) is not None], dtype=float)
         if values.size == 0:

@@ -75,9 +75,7 @@ class CheckImaged(MapTransform):
                 values = torch.unique(torch.as_tensor(img))
                 bad = values[(values < 0) | (values > top) | (values != torch.round(values))]
                 if bad.numel():
-                    raise ValueError(
-                        f"{name}: the {key} holds values {bad[:5].tolist()} outside the classes 0..{top}."
-                    )
+                    raise ValueError(f"{name}: the {key} holds values {bad[:5].tolist()} outside the classes 0..{top}.")
             ref = d.get(self.reference_key) if self.reference_key else None
             if ref is not None and key != self.reference_key and tuple(img.shape[1:]) != tuple(ref.shape[1:]):
                 raise ValueError(

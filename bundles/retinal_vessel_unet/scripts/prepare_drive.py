@@ -48,7 +48,9 @@ def _split_cases(root: Path, split: str) -> list[dict[str, Path]]:
         if split == "test":
             return []
         raise FileNotFoundError(f"DRIVE: the training images folder {images_dir} does not exist.")
-    images = sorted(p for p in images_dir.iterdir() if p.stem.endswith(suffix) and p.suffix.lower() in (".tif", ".tiff"))
+    images = sorted(
+        p for p in images_dir.iterdir() if p.stem.endswith(suffix) and p.suffix.lower() in (".tif", ".tiff")
+    )
     if split == "training" and not images:
         raise FileNotFoundError(f"DRIVE: no *{suffix}.tif photographs in {images_dir}.")
     cases = []
