@@ -25,6 +25,24 @@ def test_3d_output_has_input_size(shape):
     assert FCN(3, 1, 2, features=TINY)(torch.rand(shape)).shape == (1, 2, *shape[2:])
 
 
+@pytest.mark.parametrize("features", [(4, 8, 8), (4, 8, 8, 16), (4, 8, 8, 16, 16)])
+def test_output_stays_aligned_with_the_input_for_any_depth(features):
+    """Shifting the input by one padding unit shifts the scores by the same amount: the final upsampling matches
+    the resolution of the finest fused scores (a wrong factor would stretch the output and crop it)."""
+    torch.manual_seed(0)
+    net = FCN(2, 1, 3, features=features, upsample="linear").eval()
+    step = net.divisor
+    assert net.output_stride == 2 ** (len(features) - 2)
+    x = torch.zeros(1, 1, 24 * step, 24 * step)  # wide margins: the image border is outside the receptive field
+    x[..., 10 * step : 11 * step, 10 * step : 11 * step] = torch.rand(step, step)
+    shifted = torch.roll(x, shifts=(step, step), dims=(2, 3))
+    with torch.no_grad():
+        y, y_shifted = net(x), net(shifted)
+    inner = (slice(None), slice(None), slice(8 * step, 13 * step), slice(8 * step, 13 * step))
+    moved = (slice(None), slice(None), slice(9 * step, 14 * step), slice(9 * step, 14 * step))
+    torch.testing.assert_close(y_shifted[moved], y[inner], rtol=1e-4, atol=1e-5)
+
+
 def test_too_few_stages_is_refused():
     with pytest.raises(ValueError, match="at least three"):
         FCN(2, 1, 2, features=(4, 8))

@@ -60,7 +60,8 @@ class FCN(nn.Module):
     without normalisation (the deepest map can be a single voxel) runs on the deepest features, an optional
     ``context`` module follows, and a 1x1 conv gives class scores. These are
     upsampled x2 and added to 1x1 scores of the second-deepest pool, upsampled x2 and added to scores of the
-    third-deepest pool, then upsampled x8 back to the input resolution (the FCN-8s fusion).
+    third-deepest pool, then upsampled back to the input resolution: x8 with five stages (FCN-8s), x4 with four
+    (finer output, for thin structures), ``output_stride = 2^(len(features) - 2)`` in general.
 
     Any input size works: the input is zero-padded at the far end of each axis to a multiple of
     2^len(features) and the output is cropped back, so the output has exactly the input's spatial shape.
@@ -117,7 +118,9 @@ class FCN(nn.Module):
         self.score_pool3 = Conv[Conv.CONV, spatial_dims](features[-3], out_channels, kernel_size=1)
         self.up_deep = _Upsample(spatial_dims, out_channels, 2, upsample)
         self.up_pool4 = _Upsample(spatial_dims, out_channels, 2, upsample)
-        self.up_final = _Upsample(spatial_dims, out_channels, 8, upsample)
+        # the third-deepest pool is at 1/2^(len(features) - 2) of the input: 1/8 with five stages (FCN-8s)
+        self.output_stride = 2 ** (len(features) - 2)
+        self.up_final = _Upsample(spatial_dims, out_channels, self.output_stride, upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[2:]
