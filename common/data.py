@@ -31,6 +31,19 @@ def _absolute(entry: dict[str, Any], root: Path, source: Path) -> dict[str, Any]
     return out
 
 
+def _group(entry: dict[str, Any]) -> str:
+    """The hold-out unit of an entry: its ``subject`` when given (all frames of a patient stay together)."""
+    return str(entry.get("subject") or entry.get("image"))
+
+
+def _held_out_groups(cases: list[dict[str, Any]], val_fraction: float, seed: int) -> set[str]:
+    """A fixed, seeded ``val_fraction`` of the distinct groups (subjects, or single cases) of ``cases``."""
+    groups = sorted({_group(c) for c in cases})
+    random.Random(seed).shuffle(groups)
+    n_val = max(1, round(val_fraction * len(groups))) if len(groups) > 1 else 0
+    return set(groups[:n_val])
+
+
 def load_datalist(
     dataset_dir: str,
     split: str = "training",
@@ -42,8 +55,9 @@ def load_datalist(
 
     ``split`` is ``training``, ``validation`` or ``test``. When ``dataset.json`` has no ``validation`` list, a
     fixed, seeded ``val_fraction`` of ``training`` is held out: ``training`` then returns the rest and
-    ``validation`` the held-out cases, so the two never overlap. ``test`` falls back to the validation cases
-    when the file has no labelled ``test`` list, so evaluation always has a labelled split.
+    ``validation`` the held-out cases, so the two never overlap. Entries with a ``subject`` key are held out by
+    subject, so the frames of one patient (e.g. ED and ES) never fall on both sides. ``test`` falls back to the
+    validation cases when the file has no labelled ``test`` list, so evaluation always has a labelled split.
     """
     source = Path(dataset_dir) / "dataset.json"
     if not source.is_file():
@@ -61,11 +75,8 @@ def load_datalist(
         split, entries = "validation", []
     if split in ("training", "validation") and not index.get("validation"):
         cases = list(index["training"])
-        order = list(range(len(cases)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, round(val_fraction * len(cases))) if len(cases) > 1 else 0
-        held_out = set(order[:n_val])
-        entries = [c for i, c in enumerate(cases) if (i in held_out) == (split == "validation")]
+        held_out = _held_out_groups(cases, val_fraction, seed)
+        entries = [c for c in cases if (_group(c) in held_out) == (split == "validation")]
     elif split in ("training", "validation"):
         entries = list(index[split])
     if require_label:

@@ -43,6 +43,18 @@ def test_held_out_split_is_seeded_disjoint_and_complete(tmp_path):
     assert load_datalist(str(tmp_path), "test", val_fraction=0.2, seed=3) == val
 
 
+def test_frames_of_one_subject_are_held_out_together(tmp_path):
+    write_index(tmp_path, 12)
+    index = json.loads((tmp_path / "dataset.json").read_text())
+    for i, entry in enumerate(index["training"]):
+        entry["subject"] = f"s{i // 2}"  # 6 subjects with 2 frames each
+    (tmp_path / "dataset.json").write_text(json.dumps(index))
+    train = load_datalist(str(tmp_path), "training", val_fraction=0.34, seed=1)
+    val = load_datalist(str(tmp_path), "validation", val_fraction=0.34, seed=1)
+    assert len(val) == 4 and len(train) == 8  # 2 of 6 subjects, both frames each
+    assert not {c["subject"] for c in train} & {c["subject"] for c in val}
+
+
 def test_explicit_validation_list_is_used(tmp_path):
     write_index(tmp_path, 4, {"validation": [{"image": "img0.png", "label": "lab0.png"}]})
     assert len(load_datalist(str(tmp_path), "training")) == 4
@@ -127,6 +139,7 @@ def test_case_table_writer_rows_csv_and_summary(tmp_path):
         return [{"pred": MetaTensor(torch.tensor([batch]), meta={"filename_or_obj": f"/d/case{int(batch)}.nii.gz"})}]
 
     engine = Engine(step)
+
     def totals(rows):
         return [{"subject": "all", "total": sum(r["value"] for r in rows)}]
 
