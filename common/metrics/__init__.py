@@ -2,5 +2,23 @@
 
 from .binary import binary_scores, to_numpy_bool
 from .centerline import centerline_dice
+from .clinical import (
+    ACDC_CLASSES,
+    MYOCARDIUM_DENSITY_G_PER_ML,
+    cardiac_indices,
+    ejection_fraction,
+    indices_from_volumes,
+    label_volumes_ml,
+    voxel_volume_ml,
+)
 
 __all__ = ["binary_scores", "centerline_dice", "to_numpy_bool"]
+__all__ += [
+    "ACDC_CLASSES",
+    "MYOCARDIUM_DENSITY_G_PER_ML",
+    "cardiac_indices",
+    "ejection_fraction",
+    "indices_from_volumes",
+    "label_volumes_ml",
+    "voxel_volume_ml",
+]
