@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,21 @@ def config_list(bundle: Path, *names: str) -> str:
     """The ``--config_file`` argument for one config or a merged list of configs."""
     files = [str(bundle / "configs" / n) for n in names]
     return files[0] if len(files) == 1 else str(files)
+
+
+def check(result: subprocess.CompletedProcess) -> str:
+    """Assert a bundle command succeeded and return its output."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def epoch_losses(log: str) -> dict[int, list[float]]:
+    """Per-iteration training losses from a bundle's StatsHandler log, grouped by epoch."""
+    losses: dict[int, list[float]] = {}
+    for epoch, loss in re.findall(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- train_loss: ([0-9.]+)", log):
+        losses.setdefault(int(epoch), []).append(float(loss))
+    return losses
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,17 +16,10 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
-from conftest import ROOT, SCHEMA, config_list, load_module, monai_bundle
+from conftest import ROOT, SCHEMA, check, config_list, epoch_losses, load_module, monai_bundle
 
 BUNDLE = ROOT / "bundles" / "retinal_vessel_unet"
 synthetic = load_module(BUNDLE / "scripts" / "synthetic.py", "retinal_synthetic_for_bundle_tests")
-
-
-def check(result: subprocess.CompletedProcess) -> str:
-    """Assert a bundle command succeeded and return its output."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +51,6 @@ def trained(dataset, tmp_path_factory) -> dict:
         )
     )
     return {"work": work, "ckpt": ckpt, "log": output}
-
-
-def epoch_losses(log: str) -> dict[int, list[float]]:
-    """Per-iteration training losses from the StatsHandler log, grouped by epoch."""
-    losses: dict[int, list[float]] = {}
-    for epoch, loss in re.findall(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- train_loss: ([0-9.]+)", log):
-        losses.setdefault(int(epoch), []).append(float(loss))
-    return losses
 
 
 def test_metadata_verifies_offline_and_bad_metadata_is_refused(tmp_path):

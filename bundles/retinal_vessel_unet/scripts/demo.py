@@ -9,7 +9,6 @@ checks the configs. Run from the repository root::
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,21 +20,10 @@ from PIL import Image
 BUNDLE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE))
 
+from common.runner import run_bundle  # noqa: E402
 from scripts.synthetic import write_dataset  # noqa: E402
 
 METRICS = ("dice", "sensitivity", "specificity", "accuracy", "auc", "cldice")
-
-
-def run_bundle(configs: list[str], **overrides: object) -> None:
-    """Run ``python -m monai.bundle run`` with the bundle's configs and ``--key value`` overrides."""
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else str(files)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(BUNDLE)]
-    cmd += ["--logging_file", str(BUNDLE / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def overlay(image_path: str, label_path: str, seg_path: str, out_path: str) -> None:
@@ -74,17 +62,21 @@ def main(
     out = Path(output_dir).resolve()
     start = time.time()
     index = json.loads(Path(write_dataset(str(out / "data"), num_train, num_test, size, seed)).read_text())
-    common = {"dataset_dir": out / "data", "ckpt_path": out / "models" / "model.pt", "num_workers": num_workers}
+    data = {"dataset_dir": out / "data", "ckpt_path": out / "models" / "model.pt", "num_workers": num_workers}
     t0 = time.time()
-    run_bundle(["train.json"], **common, output_dir=out / "train", max_epochs=max_epochs, val_interval=val_interval)
+    run_bundle(
+        BUNDLE, ["train.json"], **data, output_dir=out / "train", max_epochs=max_epochs, val_interval=val_interval
+    )
     train_seconds = time.time() - t0
-    run_bundle(["train.json", "evaluate.json"], **common, output_dir=out / "eval")
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], **data, output_dir=out / "eval")
     test_images = out / "test_images"
     test_images.mkdir(exist_ok=True)
     for case in index["test"]:
         source = out / "data" / case["image"]
         (test_images / source.name).write_bytes(source.read_bytes())
-    run_bundle(["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=common["ckpt_path"])
+    run_bundle(
+        BUNDLE, ["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=data["ckpt_path"]
+    )
     for case in index["test"][:3]:
         stem = Path(case["image"]).stem
         overlay(
