@@ -1,0 +1,106 @@
+"""Per-case rows and per-subject clinical indices for the cardiac bundle (volumes, EF, mass, Dice, HD95)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.networks.utils import one_hot
+
+from common.metrics.clinical import ACDC_CLASSES, indices_from_volumes, label_volumes_ml, voxel_volume_ml
+
+#: ACDC label indices, in the order of the evaluation columns
+CLASSES = ACDC_CLASSES
+_PHASE = re.compile(r"^(?P<subject>.+?)[_-](?P<phase>ED|ES)$", re.IGNORECASE)
+
+
+def subject_and_phase(item: dict[str, Any], case: str) -> tuple[str, str]:
+    """Subject id and phase (ED/ES) of a case: from the data list when given, else from a ``<subject>_ED`` name."""
+    if item.get("subject") and item.get("phase"):
+        return str(item["subject"]), str(item["phase"]).upper()
+    match = _PHASE.match(case)
+    return (match["subject"], match["phase"].upper()) if match else (case, "")
+
+
+def _case_name(item: dict[str, Any]) -> str:
+    """The case's file stem, from the image metadata."""
+    name = str(item["image"].meta.get("filename_or_obj", ""))
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name.rsplit("/", 1)[-1][: -len(suffix)]
+    return name.rsplit("/", 1)[-1]
+
+
+def _volumes(label: Any, voxel_ml: float, prefix: str) -> dict[str, float]:
+    """LV cavity, RV cavity and myocardium volumes (mL) of a label map, keys ``<prefix><class>_ml``."""
+    volumes = label_volumes_ml(label, voxel_ml, CLASSES)
+    return {f"{prefix}{name}_ml": volumes[name] for name in CLASSES}
+
+
+def case_volumes(item: dict[str, Any]) -> dict[str, Any]:
+    """Inference row: subject, phase, and the predicted LV, RV and myocardium volumes (mL) in the input's grid."""
+    pred = item["pred"]
+    subject, phase = subject_and_phase(item, _case_name(item))
+    return {"subject": subject, "phase": phase, **_volumes(pred, voxel_volume_ml(pred.affine), "")}
+
+
+def case_scores(item: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation row in the input's own grid: Dice and 95% Hausdorff distance (mm) per class, and the volumes
+    of prediction and ground truth."""
+    pred, label = item["pred"], item["native_label"]
+    spacing = [float(s) for s in np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(axis=0))]
+    pred_1h = one_hot(torch.as_tensor(pred)[None], num_classes=4)
+    label_1h = one_hot(torch.as_tensor(label)[None], num_classes=4)
+    dice = compute_dice(pred_1h, label_1h, include_background=False, ignore_empty=False)[0]
+    hd95 = compute_hausdorff_distance(pred_1h, label_1h, include_background=False, percentile=95, spacing=spacing)[0]
+    subject, phase = subject_and_phase(item, _case_name(item))
+    row: dict[str, Any] = {"subject": subject, "phase": phase}
+    for i, name in enumerate(CLASSES):
+        row[f"dice_{name}"] = float(dice[i])
+        distance = float(hd95[i])
+        row[f"hd95_{name}_mm"] = distance if math.isfinite(distance) else math.nan
+    voxel_ml = voxel_volume_ml(label.affine)
+    return {**row, **_volumes(pred, voxel_ml, "pred_"), **_volumes(label, voxel_ml, "true_")}
+
+
+def _by_subject(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Rows grouped as ``{subject: {phase: row}}``."""
+    grouped: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        grouped[row["subject"]][row["phase"]] = row
+    return grouped
+
+
+def indices(ed: dict[str, Any], es: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Clinical indices of one subject from its ED and ES rows' ``<prefix><class>_ml`` volumes."""
+    return indices_from_volumes(*({name: row[f"{prefix}{name}_ml"] for name in CLASSES} for row in (ed, es)))
+
+
+def subject_indices(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Clinical indices of every subject whose ED and ES frames were both segmented."""
+    return [
+        {"subject": subject, **indices(phases["ED"], phases["ES"])}
+        for subject, phases in sorted(_by_subject(rows).items())
+        if {"ED", "ES"} <= set(phases)
+    ]
+
+
+def subject_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per subject with both phases: predicted and true EF, volumes and mass, and the absolute errors."""
+    table = []
+    for subject, phases in sorted(_by_subject(rows).items()):
+        if not {"ED", "ES"} <= set(phases):
+            continue
+        pred = indices(phases["ED"], phases["ES"], "pred_")
+        true = indices(phases["ED"], phases["ES"], "true_")
+        row: dict[str, Any] = {"subject": subject}
+        for key in ("lv_ef_percent", "rv_ef_percent", "lv_edv_ml", "lv_esv_ml", "myo_mass_ed_g"):
+            row[f"pred_{key}"], row[f"true_{key}"] = pred[key], true[key]
+            row[f"abs_error_{key}"] = abs(pred[key] - true[key])
+        table.append(row)
+    return table
