@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.tables import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 #: keys of a data-list entry that hold file paths (``image`` may be a list of files, one per modality)
@@ -96,3 +98,35 @@ def list_images(input_dir: str, extensions: Sequence[str]) -> list[dict[str, Any
     if not files:
         raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {', '.join(suffixes)}.")
     return [{"image": str(p)} for p in files]
+
+
+def write_dataset_json(
+    output_dir: str | os.PathLike,
+    name: str,
+    description: str,
+    modality: dict[str, str],
+    labels: dict[str, str],
+    training: list[dict[str, Any]],
+    test: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``output_dir/dataset.json`` (Decathlon layout: counts, modality and label names, the case lists).
+
+    Written atomically and meant to be written last, so a half-written data set never looks complete. ``extra``
+    keys (e.g. ``tensorImageSize``) go into the index as they are. Returns the path of the file.
+    """
+    test = list(test or [])
+    index = {
+        "name": name,
+        "description": description,
+        **extra,
+        "modality": dict(modality),
+        "labels": dict(labels),
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": list(training),
+        "test": test,
+    }
+    path = Path(output_dir) / "dataset.json"
+    write_json_atomic(path, index)
+    return path

@@ -29,7 +29,7 @@ from typing import Any
 
 import fire
 
-from common.tables import write_json_atomic
+from common.data import write_dataset_json
 
 #: our split names, ACDC's split folders and the suffix of the output folders
 SPLITS = {"training": ("training", "Tr"), "test": ("testing", "Ts")}
@@ -143,21 +143,19 @@ def prepare_acdc(acdc_dir: str, output_dir: str) -> str:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = {split: [_copy_case(case, out, SPLITS[split][1]) for case in cases[split]] for split in SPLITS}
-    index = {
-        "name": "ACDC",
-        "description": "ACDC: Automated Cardiac Diagnosis Challenge (MICCAI 2017), short-axis cine MR, "
+    path = write_dataset_json(
+        out,
+        "ACDC",
+        "ACDC: Automated Cardiac Diagnosis Challenge (MICCAI 2017), short-axis cine MR, "
         "end-diastolic (ED) and end-systolic (ES) frames.",
-        "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
-        "numTraining": len(entries["training"]),
-        "numTest": len(entries["test"]),
-        "training": entries["training"],
-        "test": entries["test"],
-    }
-    path = out / "dataset.json"
-    write_json_atomic(path, index)  # last, so a half-copied data set never looks complete
+        {"0": "MRI"},
+        {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
+        entries["training"],
+        entries["test"],
+    )
     labelled = sum("label" in e for e in entries["test"])
-    print(f"ACDC: {index['numTraining']} training and {index['numTest']} test frames ({labelled} labelled) -> {path}")
+    n_train, n_test = len(entries["training"]), len(entries["test"])
+    print(f"ACDC: {n_train} training and {n_test} test frames ({labelled} labelled) -> {path}")
     return str(path)
 
 

@@ -26,8 +26,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from common.data import write_dataset_json
 from common.metrics.clinical import ACDC_CLASSES, label_volumes_ml, voxel_volume_ml
-from common.tables import write_json_atomic
 
 #: ACDC label indices
 RV, MYO, LV = 1, 2, 3
@@ -202,18 +202,15 @@ def write_dataset(
     for i in range(num_train + num_test):
         split = "Tr" if i < num_train else "Ts"
         entries[split] += write_subject(root, split, f"subject{i:03d}", seed * 100003 + i, size)
-    index = {
-        "name": "SyntheticCardiacSAX",
-        "description": "Synthetic cine short-axis MR phantoms, ED and ES per subject (scripts/synthetic.py).",
-        "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
-        "numTraining": len(entries["Tr"]),
-        "numTest": len(entries["Ts"]),
-        "training": entries["Tr"],
-        "test": entries["Ts"],
-    }
-    path = root / "dataset.json"
-    write_json_atomic(path, index)  # last, so a half-written data set never looks complete
+    path = write_dataset_json(
+        root,
+        "SyntheticCardiacSAX",
+        "Synthetic cine short-axis MR phantoms, ED and ES per subject (scripts/synthetic.py).",
+        {"0": "MRI"},
+        {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
+        entries["Tr"],
+        entries["Ts"],
+    )
     print(f"wrote {num_train} training and {num_test} test subjects (ED and ES) to {root}, index {path}")
     return str(path)
 

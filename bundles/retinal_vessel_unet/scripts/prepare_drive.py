@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fire
 
-from common.tables import write_json_atomic
+from common.data import write_dataset_json
 
 #: DRIVE's split folders and the file-name suffix of their photographs and FOV masks
 SPLITS = {"training": ("Tr", "_training"), "test": ("Ts", "_test")}
@@ -87,20 +87,18 @@ def prepare_drive(drive_dir: str, output_dir: str) -> str:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = {split: [_copy_case(case, out, SPLITS[split][0]) for case in cases[split]] for split in SPLITS}
-    index = {
-        "name": "DRIVE",
-        "description": "DRIVE: Digital Retinal Images for Vessel Extraction (40 colour fundus photographs, 565x584).",
-        "modality": {"0": "R", "1": "G", "2": "B"},
-        "labels": {"0": "background", "1": "vessel"},
-        "numTraining": len(entries["training"]),
-        "numTest": len(entries["test"]),
-        "training": entries["training"],
-        "test": entries["test"],
-    }
-    path = out / "dataset.json"
-    write_json_atomic(path, index)  # last, so a half-copied data set never looks complete
+    path = write_dataset_json(
+        out,
+        "DRIVE",
+        "DRIVE: Digital Retinal Images for Vessel Extraction (40 colour fundus photographs, 565x584).",
+        {"0": "R", "1": "G", "2": "B"},
+        {"0": "background", "1": "vessel"},
+        entries["training"],
+        entries["test"],
+    )
     labelled = sum("label" in e for e in entries["test"])
-    print(f"DRIVE: {index['numTraining']} training and {index['numTest']} test cases ({labelled} labelled) -> {path}")
+    n_train, n_test = len(entries["training"]), len(entries["test"])
+    print(f"DRIVE: {n_train} training and {n_test} test cases ({labelled} labelled) -> {path}")
     return str(path)
 
 

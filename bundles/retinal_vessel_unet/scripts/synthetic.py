@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from common.tables import write_json_atomic
+from common.data import write_dataset_json
 
 #: image side the vessel widths and step lengths below are given for
 REFERENCE_SIZE = 320.0
@@ -278,18 +278,15 @@ def write_dataset(output_dir: str, num_train: int = 20, num_test: int = 5, size:
     entries = {"Tr": [], "Ts": []}
     for split, index in cases:
         entries[split].append(_write_case(root, split, f"fundus_{index:03d}", size, seed * 100003 + index))
-    index_json = {
-        "name": "SyntheticFundus",
-        "description": "Synthetic colour fundus photographs with vessel labels and FOV masks (scripts/synthetic.py).",
-        "modality": {"0": "R", "1": "G", "2": "B"},
-        "labels": {"0": "background", "1": "vessel"},
-        "numTraining": num_train,
-        "numTest": num_test,
-        "training": entries["Tr"],
-        "test": entries["Ts"],
-    }
-    path = root / "dataset.json"
-    write_json_atomic(path, index_json)  # last, so a half-written data set never looks complete
+    path = write_dataset_json(
+        root,
+        "SyntheticFundus",
+        "Synthetic colour fundus photographs with vessel labels and FOV masks (scripts/synthetic.py).",
+        {"0": "R", "1": "G", "2": "B"},
+        {"0": "background", "1": "vessel"},
+        entries["Tr"],
+        entries["Ts"],
+    )
     print(f"wrote {num_train} training and {num_test} test cases to {root}, index {path}")
     return str(path)
 
