@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,3 +28,36 @@ def run_bundle(bundle: str | Path, configs: Sequence[str], **overrides: object) 
     cmd = bundle_command(bundle, configs, **overrides)
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def train_evaluate_infer(
+    bundle: str | Path,
+    out: Path,
+    dataset_dir: Path,
+    test_cases: Sequence[dict],
+    max_epochs: int,
+    val_interval: int,
+    num_workers: int = 2,
+) -> float:
+    """The demo pipeline, every step a bundle command: train, evaluate on the test split, segment the test images.
+
+    Writes ``out/models/model.pt``, ``out/train``, ``out/eval`` (per-case metrics) and ``out/inference``
+    (segmentations of the test images, copied first to ``out/test_images`` as a user's input folder would hold
+    them, every modality file of a case). Returns the training time in seconds.
+    """
+    data = {"dataset_dir": dataset_dir, "ckpt_path": out / "models" / "model.pt", "num_workers": num_workers}
+    start = time.time()
+    run_bundle(
+        bundle, ["train.json"], **data, output_dir=out / "train", max_epochs=max_epochs, val_interval=val_interval
+    )
+    train_seconds = time.time() - start
+    run_bundle(bundle, ["train.json", "evaluate.json"], **data, output_dir=out / "eval")
+    test_images = out / "test_images"
+    test_images.mkdir(parents=True, exist_ok=True)
+    for case in test_cases:
+        for image in case["image"] if isinstance(case["image"], (list, tuple)) else [case["image"]]:
+            shutil.copy(dataset_dir / image, test_images / Path(image).name)
+    run_bundle(
+        bundle, ["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=data["ckpt_path"]
+    )
+    return train_seconds

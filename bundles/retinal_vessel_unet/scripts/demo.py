@@ -20,7 +20,7 @@ from PIL import Image
 BUNDLE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BUNDLE))
 
-from common.runner import run_bundle  # noqa: E402
+from common.runner import train_evaluate_infer  # noqa: E402
 from scripts.synthetic import write_dataset  # noqa: E402
 
 METRICS = ("dice", "sensitivity", "specificity", "accuracy", "auc", "cldice")
@@ -62,20 +62,8 @@ def main(
     out = Path(output_dir).resolve()
     start = time.time()
     index = json.loads(Path(write_dataset(str(out / "data"), num_train, num_test, size, seed)).read_text())
-    data = {"dataset_dir": out / "data", "ckpt_path": out / "models" / "model.pt", "num_workers": num_workers}
-    t0 = time.time()
-    run_bundle(
-        BUNDLE, ["train.json"], **data, output_dir=out / "train", max_epochs=max_epochs, val_interval=val_interval
-    )
-    train_seconds = time.time() - t0
-    run_bundle(BUNDLE, ["train.json", "evaluate.json"], **data, output_dir=out / "eval")
-    test_images = out / "test_images"
-    test_images.mkdir(exist_ok=True)
-    for case in index["test"]:
-        source = out / "data" / case["image"]
-        (test_images / source.name).write_bytes(source.read_bytes())
-    run_bundle(
-        BUNDLE, ["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=data["ckpt_path"]
+    train_seconds = train_evaluate_infer(
+        BUNDLE, out, out / "data", index["test"], max_epochs, val_interval, num_workers
     )
     for case in index["test"][:3]:
         stem = Path(case["image"]).stem
