@@ -266,3 +266,18 @@ def test_torchscript_matches_eager(net, shape):
     x = torch.rand(shape)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_untrained_sweep_remembers_across_a_long_line(cell):
+    """The memory gate starts open (+1 per bias vector): a change 60 positions away still reaches the far end."""
+    torch.manual_seed(0)
+    layer = ReNet2d(4, 8, out_channels=8, cell=cell).eval()  # no residual: the output is the sweeps alone
+    for sweep in layer.rnns:
+        biases = [p for n, p in sweep.named_parameters() if n.startswith("bias_")]
+        assert all(torch.all(b[8:16] == 1.0) for b in biases)
+    x = torch.rand(1, 4, 1, 64)
+    changed = x.clone()
+    changed[..., 0] += 3.0
+    with torch.no_grad():
+        assert float((layer(changed) - layer(x))[..., -1].abs().max()) > 1e-5

@@ -16,6 +16,21 @@ __all__ = ["ReNet", "ReNet2d", "ReNet3d", "ConvGRU"]
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
+def _init_memory_gate(rnn: nn.Module, hidden_size: int, bias: float = 1.0) -> None:
+    """Start the gate that keeps the hidden state (GRU update gate, LSTM forget gate) at ``+bias`` per bias vector.
+
+    With PyTorch's default init the gates sit near 0.5, so an untrained sweep halves what it remembers at every step
+    and a change 40 positions away vanishes below float precision; at +1 per vector (+2 in all) the gate starts
+    near 0.88 and context carries across a whole feature map from the first step of training (Jozefowicz et al.,
+    2015, for the LSTM forget gate). Gate order in the bias vectors: GRU (reset, update, new), LSTM (input,
+    forget, cell, output), so the gate is the second block of ``hidden_size`` entries in both.
+    """
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            if name.startswith("bias_"):
+                param[hidden_size : 2 * hidden_size].fill_(bias)
+
+
 class ReNet(nn.Module):
     """ReNet context module: bidirectional RNN sweeps along every spatial axis in turn, then a 1x1 projection.
 
@@ -65,6 +80,8 @@ class ReNet(nn.Module):
                 for k in range(spatial_dims)
             ]
         )
+        for sweep in self.rnns:
+            _init_memory_gate(sweep, hidden_size)
         self.proj = Conv[Conv.CONV, spatial_dims](2 * hidden_size, out_channels, kernel_size=1)
         if self.residual:
             nn.init.zeros_(self.proj.weight)
