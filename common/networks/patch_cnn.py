@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
-__all__ = ["PatchCNN", "patch_cnn_plan"]
+__all__ = ["DenseView", "PatchCNN", "patch_cnn_plan"]
 
 _POOL_KERNEL = 3
 _POOL_STRIDE = 2
@@ -192,3 +192,19 @@ class PatchCNN(nn.Module):
         if self.dense:
             return self.forward_dense(x)
         return self.forward_patch(x)
+
+
+class DenseView(nn.Module):
+    """A PatchCNN seen in dense mode, sharing its weights: for the evaluator (sliding windows over whole slices)
+    while the same network trains in patch mode. ``network`` may be wrapped (e.g. ``DistributedDataParallel``);
+    its ``module`` is then used. Save and load the network itself, not the view."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        network = getattr(network, "module", network)
+        if not isinstance(network, PatchCNN):
+            raise TypeError(f"DenseView needs a PatchCNN, got {type(network).__name__}.")
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_dense(x)
