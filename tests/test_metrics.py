@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from skimage.draw import line
 from skimage.morphology import skeletonize
 
-from common.metrics import binary_scores, centerline_dice, to_numpy_bool
+from common.metrics import binary_scores, centerline_dice, class_scores, to_numpy_bool, voxel_spacing
 
 # ---------------------------------------------------------------- binary_scores
 
@@ -279,3 +279,28 @@ def test_centerline_dice_rejects_bad_shapes() -> None:
     assert "(9, 15)" in str(error.value) and "(9, 14)" in str(error.value)
     with pytest.raises(ValueError, match="2D or 3D"):
         centerline_dice(np.zeros(5), np.zeros(5))
+
+
+# ---------------------------------------------------------------- class_scores (per-class Dice and HD95)
+
+
+def test_class_scores_hand_computed():
+    pred, label = np.zeros((1, 10, 10), int), np.zeros((1, 10, 10), int)
+    pred[0, 2:6, 2:6] = 1  # 16 pixels
+    label[0, 2:6, 3:7] = 1  # 16 pixels, 12 shared: Dice 24/32; every boundary point within 1 column
+    pred[0, 8, 8] = 2  # class 2 predicted but absent from the label
+    scores = class_scores(pred, label, {"a": 1, "b": 2, "c": 3}, spacing=[1.0, 2.5])
+    assert scores["dice_a"] == pytest.approx(0.75)
+    assert scores["hd95_a_mm"] == pytest.approx(2.5)  # one column = 2.5 mm along the second axis
+    assert scores["dice_b"] == 0 and math.isnan(scores["hd95_b_mm"])
+    assert scores["dice_c"] == 1 and math.isnan(scores["hd95_c_mm"])  # absent from both: perfect, distance undefined
+    assert class_scores(pred[0], label[0], {"a": 1})["hd95_a_mm"] == pytest.approx(1.0)  # no channel, 1 mm voxels
+    with pytest.raises(ValueError, match="differs"):
+        class_scores(pred, label[:, :9], {"a": 1})
+
+
+def test_voxel_spacing_of_an_oblique_affine():
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array([0.8, 1.2, 3.0])
+    assert voxel_spacing(affine) == pytest.approx([0.8, 1.2, 3.0])

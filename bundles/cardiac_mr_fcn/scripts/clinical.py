@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
-from monai.networks.utils import one_hot
-
 from common.metrics.clinical import ACDC_CLASSES, indices_from_volumes, label_volumes_ml, voxel_volume_ml
+from common.metrics.multiclass import class_scores, voxel_spacing
 
 #: ACDC label indices, in the order of the evaluation columns
 CLASSES = ACDC_CLASSES
@@ -53,17 +48,11 @@ def case_scores(item: dict[str, Any]) -> dict[str, Any]:
     """Evaluation row in the input's own grid: Dice and 95% Hausdorff distance (mm) per class, and the volumes
     of prediction and ground truth."""
     pred, label = item["pred"], item["native_label"]
-    spacing = [float(s) for s in np.sqrt((np.asarray(label.affine)[:3, :3] ** 2).sum(axis=0))]
-    pred_1h = one_hot(torch.as_tensor(pred)[None], num_classes=4)
-    label_1h = one_hot(torch.as_tensor(label)[None], num_classes=4)
-    dice = compute_dice(pred_1h, label_1h, include_background=False, ignore_empty=False)[0]
-    hd95 = compute_hausdorff_distance(pred_1h, label_1h, include_background=False, percentile=95, spacing=spacing)[0]
     subject, phase = subject_and_phase(item, _case_name(item))
+    scores = class_scores(pred, label, CLASSES, voxel_spacing(label.affine))
     row: dict[str, Any] = {"subject": subject, "phase": phase}
-    for i, name in enumerate(CLASSES):
-        row[f"dice_{name}"] = float(dice[i])
-        distance = float(hd95[i])
-        row[f"hd95_{name}_mm"] = distance if math.isfinite(distance) else math.nan
+    for name in CLASSES:
+        row[f"dice_{name}"], row[f"hd95_{name}_mm"] = scores[f"dice_{name}"], scores[f"hd95_{name}_mm"]
     voxel_ml = voxel_volume_ml(label.affine)
     return {**row, **_volumes(pred, voxel_ml, "pred_"), **_volumes(label, voxel_ml, "true_")}
 
