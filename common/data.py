@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 #: keys of a data-list entry that hold file paths (``image`` may be a list of files, one per modality)
 PATH_KEYS = ("image", "label", "mask")
+#: a file stem ending in a four-digit channel index, ``<case>_0000`` (nnU-Net)
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _absolute(entry: dict[str, Any], root: Path, source: Path) -> dict[str, Any]:
@@ -88,8 +91,21 @@ def load_datalist(
     return [_absolute(e, Path(dataset_dir), source) for e in entries]
 
 
-def list_images(input_dir: str, extensions: Sequence[str]) -> list[dict[str, Any]]:
-    """List ``{"image": path}`` for every file in ``input_dir`` whose name ends with one of ``extensions``."""
+def _channel_case(name: str, suffixes: Sequence[str]) -> tuple[str, int] | None:
+    """``("case", 3)`` for a file named ``case_0003.<ext>`` (the nnU-Net channel convention), else None."""
+    suffix = next(s for s in suffixes if name.lower().endswith(s))
+    stem = name[: -len(suffix)]
+    match = _CHANNEL.match(stem)
+    return (match["case"] + suffix, int(match["channel"])) if match else None
+
+
+def list_images(input_dir: str, extensions: Sequence[str], group_channels: bool = False) -> list[dict[str, Any]]:
+    """List ``{"image": path}`` for every file in ``input_dir`` whose name ends with one of ``extensions``.
+
+    With ``group_channels`` (multimodal bundles), files named ``<case>_<XXXX>.<ext>`` with a four-digit channel
+    index are one case, ``{"image": [channel 0, channel 1, ...]}`` in channel order (the nnU-Net convention);
+    any other file is a case of its own (e.g. one 4D file holding every modality).
+    """
     folder = Path(input_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: input_dir does not exist or is not a folder.")
@@ -97,7 +113,20 @@ def list_images(input_dir: str, extensions: Sequence[str]) -> list[dict[str, Any
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
     if not files:
         raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {', '.join(suffixes)}.")
-    return [{"image": str(p)} for p in files]
+    if not group_channels:
+        return [{"image": str(p)} for p in files]
+    cases: dict[str, list[tuple[int, str]]] = {}
+    singles = []
+    for path in files:
+        channel_case = _channel_case(path.name, suffixes)
+        if channel_case is None:
+            singles.append({"image": str(path)})
+        else:
+            cases.setdefault(channel_case[0], []).append((channel_case[1], str(path)))
+    grouped = [{"image": [path for _, path in sorted(channels)]} for _, channels in sorted(cases.items())]
+    return sorted(
+        grouped + singles, key=lambda case: case["image"][0] if isinstance(case["image"], list) else case["image"]
+    )
 
 
 def write_dataset_json(

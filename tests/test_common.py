@@ -10,15 +10,23 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.data import MetaTensor, get_track_meta
+from monai.transforms import Compose, EnsureChannelFirstd, Flipd, Lambdad, LoadImaged
 from PIL import Image
 
 from common.data import list_images, load_datalist
 from common.handlers import CaseTableWriter
 from common.screening import ScreenedDataset
 from common.tables import case_stem, summarize, write_csv_atomic
-from common.transforms import AtomicSaveImaged, CheckImaged
+from common.transforms import (
+    AtomicSaveImaged,
+    CentreLabeld,
+    CheckImaged,
+    ComposeWithoutMeta,
+    NormalizeInHeadd,
+    head_mask,
+    multimodal_case_path,
+)
 
 
 def write_index(root: Path, n: int, extra: dict | None = None) -> None:
@@ -165,3 +173,67 @@ def test_tables_helpers(tmp_path):
     write_csv_atomic(tmp_path / "t.csv", rows)
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "a,b,c"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- multimodal cases, patch pipelines, normalisation
+
+
+def test_list_images_groups_channels_by_the_nnunet_convention(tmp_path):
+    for name in ("b_0001.nii.gz", "b_0000.nii.gz", "a_0000.nii.gz", "a_0002.nii.gz", "a_0001.nii.gz", "c.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "notes_0000.txt").write_bytes(b"x")
+    cases = list_images(str(tmp_path), [".nii.gz"], group_channels=True)
+    names = [
+        [Path(p).name for p in c["image"]] if isinstance(c["image"], list) else Path(c["image"]).name for c in cases
+    ]
+    assert names == [
+        ["a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"],
+        ["b_0000.nii.gz", "b_0001.nii.gz"],
+        "c.nii.gz",
+    ]
+    # without grouping every file is a case
+    assert len(list_images(str(tmp_path), [".nii.gz"])) == 6
+
+
+def test_multimodal_case_path_strips_the_channel_index():
+    assert multimodal_case_path("/d/case_12_0000.nii.gz") == "/d/case_12.nii.gz"
+    assert multimodal_case_path("/d/T1.nii.gz") == "/d/T1.nii.gz"
+
+
+def test_centre_label_takes_the_centre_pixel_and_refuses_even_patches():
+    label = torch.zeros(1, 5, 5)
+    label[0, 2, 2] = 3
+    out = CentreLabeld("label")({"label": MetaTensor(label)})["label"]
+    assert out.shape == () and out.dtype == torch.long and int(out) == 3 and not isinstance(out, MetaTensor)
+    with pytest.raises(ValueError, match="no centre pixel"):
+        CentreLabeld("label")({"label": torch.zeros(1, 4, 5)})
+
+
+def test_compose_without_meta_returns_plain_tensors_and_restores_tracking():
+    data = {"image": MetaTensor(torch.rand(1, 8, 8), affine=torch.eye(4))}
+    flip = ComposeWithoutMeta([Flipd("image", spatial_axis=0)])
+    out = flip(data)
+    assert type(out["image"]) is torch.Tensor and get_track_meta()
+    torch.testing.assert_close(out["image"], data["image"].as_tensor().flip(1))
+    failing = ComposeWithoutMeta([Lambdad("image", lambda x: 1 / 0)])
+    with pytest.raises(RuntimeError, match="applying transform"):
+        failing(data)
+    assert get_track_meta(), "metadata tracking must be restored after an error"
+
+
+def test_normalize_in_head_z_scores_each_modality_inside_the_head():
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:6, :40, :40]
+    head = ((yy - 20) ** 2 + (xx - 20) ** 2 < 12**2).transpose(2, 1, 0)  # (X, Y, Z)
+    t1 = np.where(head, 100 + 20 * rng.random(head.shape), rng.random(head.shape))  # air: noise near 0
+    t2 = 37.0 * t1 + 5  # another scanner gain: the same normalised image
+    image = MetaTensor(torch.as_tensor(np.stack([t1, t2]), dtype=torch.float32))
+    out = NormalizeInHeadd("image")({"image": image})["image"]
+    mask = head_mask(np.stack([t1, t2]))
+    assert (mask == head).mean() > 0.99
+    for c in range(2):
+        assert float(out[c][torch.as_tensor(mask)].mean()) == pytest.approx(0, abs=1e-4)
+        assert float(out[c][torch.as_tensor(mask)].std()) == pytest.approx(1, abs=1e-2)
+    torch.testing.assert_close(out[0], out[1], atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="constant"):
+        NormalizeInHeadd("image")({"image": MetaTensor(torch.ones(2, 4, 4, 4))})
