@@ -1,5 +1,5 @@
 """Segmentation metrics shared by the bundles: confusion-matrix scores, ROC AUC, centerline Dice, per-class Dice
-and HD95, and clinical cardiac indices."""
+and HD95, lesion measurements and lesion-wise detection, and clinical cardiac indices."""
 
 from .binary import binary_scores, to_numpy_bool
 from .centerline import centerline_dice
@@ -12,9 +12,11 @@ from .clinical import (
     label_volumes_ml,
     voxel_volume_ml,
 )
+from .lesions import axial_axis, label_components, lesion_table, match_lesions
 from .multiclass import class_scores, voxel_spacing
 
 __all__ = ["binary_scores", "centerline_dice", "class_scores", "to_numpy_bool", "voxel_spacing"]
+__all__ += ["axial_axis", "label_components", "lesion_table", "match_lesions"]
 __all__ += [
     "ACDC_CLASSES",
     "MYOCARDIUM_DENSITY_G_PER_ML",
