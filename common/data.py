@@ -99,22 +99,43 @@ def _channel_case(name: str, suffixes: Sequence[str]) -> tuple[str, int] | None:
     return (match["case"] + suffix, int(match["channel"])) if match else None
 
 
-def list_images(input_dir: str, extensions: Sequence[str], group_channels: bool = False) -> list[dict[str, Any]]:
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble) or ends in ``.dcm``."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_series_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding DICOM files directly (one series, read by ITK as one volume)."""
+    return path.is_dir() and any(p.is_file() and is_dicom_file(p) for p in path.iterdir())
+
+
+def list_images(
+    input_dir: str, extensions: Sequence[str], group_channels: bool = False, series_folders: bool = False
+) -> list[dict[str, Any]]:
     """List ``{"image": path}`` for every file in ``input_dir`` whose name ends with one of ``extensions``.
 
     With ``group_channels`` (multimodal bundles), files named ``<case>_<XXXX>.<ext>`` with a four-digit channel
     index are one case, ``{"image": [channel 0, channel 1, ...]}`` in channel order (the nnU-Net convention);
-    any other file is a case of its own (e.g. one 4D file holding every modality).
+    any other file is a case of its own (e.g. one 4D file holding every modality). With ``series_folders`` (CT
+    bundles), every subfolder holding DICOM files is a case too (``{"image": folder}``, one series per folder).
     """
     folder = Path(input_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: input_dir does not exist or is not a folder.")
     suffixes = tuple(e.lower() for e in extensions)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
-    if not files:
-        raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {', '.join(suffixes)}.")
+    series = sorted(p for p in folder.iterdir() if series_folders and is_dicom_series_folder(p))
+    if not files and not series:
+        kinds = ", ".join(suffixes) + (" or DICOM series folders" if series_folders else "")
+        raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {kinds}.")
     if not group_channels:
-        return [{"image": str(p)} for p in files]
+        return [{"image": str(p)} for p in sorted(files + series)]
     cases: dict[str, list[tuple[int, str]]] = {}
     singles = []
     for path in files:

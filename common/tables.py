@@ -70,13 +70,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
-    """Write ``rows`` (dictionaries) as a CSV with the union of their keys as header, atomically."""
+    """Write ``rows`` (dictionaries) as a CSV with the union of their keys as header, atomically.
+
+    Columns holding lists or dicts (e.g. a case's list of lesions) are left out: they belong in JSON files.
+    """
     header: list[str] = []
     for row in rows:
-        header += [k for k in row if k not in header]
+        header += [k for k, v in row.items() if k not in header and not isinstance(v, (list, tuple, dict))]
 
     def write(f: Any) -> None:
-        writer = csv.DictWriter(f, fieldnames=header)
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: _plain(v) for k, v in row.items()} for row in rows])
 

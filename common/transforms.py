@@ -194,6 +194,33 @@ class CheckImaged(MapTransform):
         return d
 
 
+class CheckHounsfieldd(MapTransform):
+    """Refuse images whose intensities are not CT in Hounsfield units, naming the file.
+
+    CT of a patient holds air around the body (-1000 HU, or a -1024/-2048 padding value); an MR image, a
+    photograph or an image already scaled to 0..1 does not. The 1st percentile of the intensities (a subsample of
+    at most a million voxels) must be at most ``air_below``, so one stray negative voxel does not pass.
+    """
+
+    def __init__(self, keys: KeysCollection, air_below: float = -500.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.air_below = air_below
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = torch.as_tensor(d[key]).flatten()
+            sample = values[:: max(1, values.numel() // 1_000_000)].float()
+            low = float(torch.quantile(sample, 0.01))
+            if low > self.air_below:
+                raise ValueError(
+                    f"{source_name(d, key)}: intensities run from {float(values.min()):g} to {float(values.max()):g} "
+                    f"(1st percentile {low:g}), which is not CT in Hounsfield units: expected air around the body "
+                    f"near -1000 HU (1st percentile at most {self.air_below:g})."
+                )
+        return d
+
+
 class AtomicSaveImaged(MapTransform):
     """``SaveImaged`` that writes into a hidden folder and then renames, so an output file is complete or absent.
 

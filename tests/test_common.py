@@ -21,6 +21,7 @@ from common.tables import case_stem, summarize, write_csv_atomic
 from common.transforms import (
     AtomicSaveImaged,
     CentreLabeld,
+    CheckHounsfieldd,
     CheckImaged,
     ComposeWithoutMeta,
     NormalizeInHeadd,
@@ -237,3 +238,37 @@ def test_normalize_in_head_z_scores_each_modality_inside_the_head():
     torch.testing.assert_close(out[0], out[1], atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="constant"):
         NormalizeInHeadd("image")({"image": MetaTensor(torch.ones(2, 4, 4, 4))})
+
+
+def test_check_hounsfield_refuses_images_without_air_naming_the_file():
+    ct = torch.full((1, 20, 20, 10), -1000.0)
+    ct[:, 5:15, 5:15] = 40.0
+    CheckHounsfieldd("image")({"image": MetaTensor(ct, meta={"filename_or_obj": "ct.nii.gz"})})
+    for name, image in (("scaled.nii.gz", (ct + 1000) / 1040), ("mr.nii.gz", torch.rand(1, 20, 20, 10) * 900)):
+        with pytest.raises(ValueError, match=rf"{name}.*not CT in Hounsfield units"):
+            CheckHounsfieldd("image")({"image": MetaTensor(image, meta={"filename_or_obj": name})})
+    one_stray = torch.rand(1, 20, 20, 10) * 900
+    one_stray[0, 0, 0, 0] = -1000  # a single negative voxel is not air around a body
+    with pytest.raises(ValueError, match="1st percentile"):
+        CheckHounsfieldd("image")({"image": one_stray})
+
+
+def test_list_images_finds_dicom_series_folders(tmp_path):
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    series = tmp_path / "series1"
+    series.mkdir()
+    (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # Part 10 file without an extension
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_bytes(b"text")
+    found = [Path(c["image"]).name for c in list_images(str(tmp_path), [".nii.gz"], series_folders=True)]
+    assert found == ["ct.nii.gz", "series1"]
+    assert [Path(c["image"]).name for c in list_images(str(tmp_path), [".nii.gz"])] == ["ct.nii.gz"]
+    with pytest.raises(FileNotFoundError, match="DICOM series folders"):
+        list_images(str(tmp_path / "notes"), [".nii.gz"], series_folders=True)
+
+
+def test_csv_leaves_list_columns_to_the_json(tmp_path):
+    rows = [{"case": "a", "count": 2, "lesions": [{"volume_ml": 1.0}]}, {"case": "b", "count": 0, "lesions": []}]
+    write_csv_atomic(tmp_path / "t.csv", rows)
+    with open(tmp_path / "t.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [{"case": "a", "count": "2"}, {"case": "b", "count": "0"}]
