@@ -22,8 +22,12 @@ _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _absolute(entry: dict[str, Any], root: Path, source: Path) -> dict[str, Any]:
-    """Return a copy of ``entry`` whose path keys are absolute, raising if a referenced file is missing."""
-    out = dict(entry)
+    """Return a copy of ``entry`` whose path keys are absolute, raising if a referenced file is missing.
+
+    Other keys that hold lists or dicts (e.g. a synthetic case's list of tumours) are left out: a data loader
+    cannot batch them when their lengths differ between cases. Scalars (``subject``, ``phase``, volumes) stay.
+    """
+    out = {k: v for k, v in entry.items() if k in PATH_KEYS or not isinstance(v, (list, tuple, dict))}
     for key in PATH_KEYS:
         if key not in entry:
             continue

@@ -272,3 +272,17 @@ def test_csv_leaves_list_columns_to_the_json(tmp_path):
     write_csv_atomic(tmp_path / "t.csv", rows)
     with open(tmp_path / "t.csv", newline="") as f:
         assert list(csv.DictReader(f)) == [{"case": "a", "count": "2"}, {"case": "b", "count": "0"}]
+
+
+def test_load_datalist_keeps_scalar_extras_and_drops_lists(tmp_path):
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "a_seg.nii.gz").write_bytes(b"x")
+    entry = {"image": "a.nii.gz", "label": "a_seg.nii.gz", "subject": "s1", "liver_ml": 1.5, "tumours": [{"v": 1}]}
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    (case,) = load_datalist(str(tmp_path), "validation")
+    assert case == {
+        "image": str(tmp_path / "a.nii.gz"),
+        "label": str(tmp_path / "a_seg.nii.gz"),
+        "subject": "s1",
+        "liver_ml": 1.5,
+    }
