@@ -295,6 +295,7 @@ def test_class_scores_hand_computed():
     assert scores["dice_b"] == 0 and math.isnan(scores["hd95_b_mm"])
     assert scores["dice_c"] == 1 and math.isnan(scores["hd95_c_mm"])  # absent from both: perfect, distance undefined
     assert class_scores(pred[0], label[0], {"a": 1})["hd95_a_mm"] == pytest.approx(1.0)  # no channel, 1 mm voxels
+    assert class_scores(pred == 1, label == 1, {"a": 1})["dice_a"] == pytest.approx(0.75)  # boolean masks
     with pytest.raises(ValueError, match="differs"):
         class_scores(pred, label[:, :9], {"a": 1})
 

@@ -33,7 +33,7 @@ def class_scores(pred: Any, label: Any, classes: Mapping[str, int], spacing: Any
         raise ValueError(f"prediction shape {tuple(pred_t.shape)} differs from label shape {tuple(label_t.shape)}")
     if pred_t.ndim == 0 or pred_t.shape[0] != 1:
         pred_t, label_t = pred_t[None], label_t[None]
-    pred_t, label_t = pred_t.round().long(), label_t.round().long()
+    pred_t, label_t = (t.round().long() if torch.is_floating_point(t) else t.long() for t in (pred_t, label_t))
     num_classes = max(int(max(classes.values())), int(pred_t.max()), int(label_t.max()), 1) + 1
     pred_1h, label_1h = one_hot(pred_t[None], num_classes=num_classes), one_hot(label_t[None], num_classes=num_classes)
     dice = compute_dice(pred_1h, label_1h, include_background=True, ignore_empty=False)[0]
