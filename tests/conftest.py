@@ -57,3 +57,86 @@ def epoch_losses(log: str) -> dict[int, list[float]]:
 def retinal_bundle() -> Path:
     """Path of the retinal vessel bundle."""
     return ROOT / "bundles" / "retinal_vessel_unet"
+
+
+def train_bundle(bundle: Path, dataset: Path, work: Path, configs: tuple[str, ...] = ("train.json",), **overrides):
+    """Train a bundle through the CLI into ``work``; return ``{"work", "ckpt", "log"}``."""
+    ckpt = work / "models" / "model.pt"
+    log = check(
+        monai_bundle(
+            "run",
+            config_file=config_list(bundle, *configs),
+            bundle_root=bundle,
+            dataset_dir=dataset,
+            ckpt_path=ckpt,
+            output_dir=work / "train",
+            **overrides,
+        )
+    )
+    return {"work": work, "ckpt": ckpt, "log": log}
+
+
+def assert_resumes_one_epoch(bundle: Path, trained: dict, dataset: Path, epochs: int, **overrides) -> None:
+    """Resume a finished run with one more epoch: the trainer state is restored and only that epoch trains."""
+    resumed = check(
+        monai_bundle(
+            "run",
+            config_file=config_list(bundle, "train.json"),
+            bundle_root=bundle,
+            dataset_dir=dataset,
+            ckpt_path=trained["ckpt"],
+            output_dir=trained["work"] / "train",
+            max_epochs=epochs + 1,
+            resume=True,
+            **overrides,
+        )
+    )
+    assert "Restored all variables from" in resumed
+    assert sorted(epoch_losses(resumed)) == [epochs + 1], "resumed run should train only the remaining epoch"
+
+
+def assert_torchscript_matches(bundle: Path, ckpt: Path, tmp_path: Path, x, config: str = "train.json") -> None:
+    """``ckpt_export`` the trained ``network_def`` and check the TorchScript model against the eager one on ``x``."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    ts_path = tmp_path / "model.ts"
+    check(
+        monai_bundle(
+            "ckpt_export",
+            "network_def",
+            filepath=ts_path,
+            ckpt_file=ckpt,
+            meta_file=bundle / "configs" / "metadata.json",
+            config_file=bundle / "configs" / config,
+            bundle_root=bundle,
+        )
+    )
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / config)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+        torch.testing.assert_close(torch.jit.load(str(ts_path), map_location="cpu")(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def assert_torchrun_trains_one_epoch(bundle: Path, dataset: Path, tmp_path: Path, port: int, **overrides) -> None:
+    """Train one epoch with ``multi_gpu_train.json`` under ``torchrun --nproc_per_node 2`` (gloo on CPU); the saved
+    weights must not carry the DistributedDataParallel ``module.`` prefix."""
+    import torch
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        "-m", "monai.bundle", "run",
+        "--config_file", config_list(bundle, "train.json", "multi_gpu_train.json"),
+        "--bundle_root", str(bundle), "--dataset_dir", str(dataset),
+        "--ckpt_path", str(tmp_path / "models" / "model.pt"), "--output_dir", str(tmp_path / "train"),
+    ]  # fmt: skip
+    for key, value in {"max_epochs": 1, "val_interval": 1, "num_workers": 0, **overrides}.items():
+        cmd += [f"--{key}", str(value)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"

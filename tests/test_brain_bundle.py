@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +14,19 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from conftest import ROOT, SCHEMA, check, config_list, epoch_losses, load_module, monai_bundle
+from conftest import (
+    ROOT,
+    SCHEMA,
+    assert_resumes_one_epoch,
+    assert_torchrun_trains_one_epoch,
+    assert_torchscript_matches,
+    check,
+    config_list,
+    epoch_losses,
+    load_module,
+    monai_bundle,
+    train_bundle,
+)
 
 BUNDLE = ROOT / "bundles" / "brain_tissue_cnn2d"
 synthetic = load_module(BUNDLE / "scripts" / "synthetic.py", "brain_synthetic_for_bundle_tests")
@@ -37,22 +47,7 @@ def dataset(tmp_path_factory) -> Path:
 def trained(dataset, tmp_path_factory) -> dict:
     """Train the bundle briefly through the CLI; return paths and the training log."""
     work = tmp_path_factory.mktemp("brain_run")
-    ckpt = work / "models" / "model.pt"
-    output = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=ckpt,
-            output_dir=work / "train",
-            max_epochs=EPOCHS,
-            val_interval=4,
-            learning_rate=0.002,
-            **SMALL,
-        )
-    )
-    return {"work": work, "ckpt": ckpt, "log": output}
+    return train_bundle(BUNDLE, dataset, work, max_epochs=EPOCHS, val_interval=4, learning_rate=0.002, **SMALL)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -214,45 +209,13 @@ def test_inference_groups_modalities_keeps_the_grid_and_skips_bad_cases(trained,
 
 
 def test_training_resumes_from_last_checkpoint(trained, dataset):
-    resumed = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=trained["ckpt"],
-            output_dir=trained["work"] / "train",
-            max_epochs=EPOCHS + 1,
-            val_interval=4,
-            resume=True,
-            **SMALL,
-        )
-    )
-    assert "Restored all variables from" in resumed
-    assert sorted(epoch_losses(resumed)) == [EPOCHS + 1], "resumed run should train only the remaining epoch"
+    assert_resumes_one_epoch(BUNDLE, trained, dataset, EPOCHS, val_interval=4, **SMALL)
 
 
 def test_ckpt_export_torchscript_runs_densely(trained, tmp_path):
-    ts_path = tmp_path / "model.ts"
-    check(
-        monai_bundle(
-            "ckpt_export",
-            "network_def",
-            filepath=ts_path,
-            ckpt_file=trained["ckpt"],
-            meta_file=BUNDLE / "configs" / "metadata.json",
-            config_file=BUNDLE / "configs" / "inference.json",
-            bundle_root=BUNDLE,
-        )
-    )
-    net = parser_of("inference.json").get_parsed_content("network_def")
-    net.load_state_dict(torch.load(trained["ckpt"], map_location="cpu", weights_only=True))
-    net.eval()
     x = torch.randn(2, 3, 45, 38)
-    with torch.no_grad():
-        expected = net(x)
-        assert expected.shape == (2, 4, 45, 38)
-        torch.testing.assert_close(torch.jit.load(str(ts_path))(x), expected, rtol=1e-4, atol=1e-5)
+    assert parser_of("inference.json").get_parsed_content("network_def")(x).shape == (2, 4, 45, 38)  # dense mode
+    assert_torchscript_matches(BUNDLE, trained["ckpt"], tmp_path, x, config="inference.json")
 
 
 def write(path: Path, data: np.ndarray, affine: np.ndarray) -> str:
@@ -312,15 +275,4 @@ def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(dataset, tmp_path)
         for e in index["training"]
     ]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": absolute[:3], "validation": absolute[3:]}))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536",
-        "-m", "monai.bundle", "run",
-        "--config_file", config_list(BUNDLE, "train.json", "multi_gpu_train.json"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(tmp_path),
-        "--ckpt_path", str(tmp_path / "models" / "model.pt"), "--output_dir", str(tmp_path / "train"),
-        "--max_epochs", "1", "--val_interval", "1", "--num_workers", "0", "--patches_per_volume", "64",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"
+    assert_torchrun_trains_one_epoch(BUNDLE, tmp_path, tmp_path, port=29536, patches_per_volume=64)

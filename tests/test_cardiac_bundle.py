@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +13,19 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from conftest import ROOT, SCHEMA, check, config_list, epoch_losses, load_module, monai_bundle
+from conftest import (
+    ROOT,
+    SCHEMA,
+    assert_resumes_one_epoch,
+    assert_torchrun_trains_one_epoch,
+    assert_torchscript_matches,
+    check,
+    config_list,
+    epoch_losses,
+    load_module,
+    monai_bundle,
+    train_bundle,
+)
 
 BUNDLE = ROOT / "bundles" / "cardiac_mr_fcn"
 synthetic = load_module(BUNDLE / "scripts" / "synthetic.py", "cardiac_synthetic_for_bundle_tests")
@@ -33,24 +43,16 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory) -> dict:
     """Train the bundle briefly through the CLI; return paths and the training log."""
-    work = tmp_path_factory.mktemp("cardiac_run")
-    ckpt = work / "models" / "model.pt"
-    output = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=ckpt,
-            output_dir=work / "train",
-            max_epochs=EPOCHS,
-            val_interval=4,
-            num_workers=0,
-            learning_rate=0.003,
-            **{"train#dataloader#batch_size": 2},
-        )
+    return train_bundle(
+        BUNDLE,
+        dataset,
+        tmp_path_factory.mktemp("cardiac_run"),
+        max_epochs=EPOCHS,
+        val_interval=4,
+        num_workers=0,
+        learning_rate=0.003,
+        **{"train#dataloader#batch_size": 2},
     )
-    return {"work": work, "ckpt": ckpt, "log": output}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -204,45 +206,11 @@ def test_prediction_lines_up_with_a_transposed_stack(trained, dataset, tmp_path)
 
 
 def test_training_resumes_from_last_checkpoint(trained, dataset):
-    resumed = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=trained["ckpt"],
-            output_dir=trained["work"] / "train",
-            max_epochs=EPOCHS + 1,
-            val_interval=4,
-            num_workers=0,
-            resume=True,
-        )
-    )
-    assert "Restored all variables from" in resumed
-    assert sorted(epoch_losses(resumed)) == [EPOCHS + 1], "resumed run should train only the remaining epoch"
+    assert_resumes_one_epoch(BUNDLE, trained, dataset, EPOCHS, val_interval=4, num_workers=0)
 
 
 def test_ckpt_export_torchscript_matches(trained, tmp_path):
-    ts_path = tmp_path / "model.ts"
-    check(
-        monai_bundle(
-            "ckpt_export",
-            "network_def",
-            filepath=ts_path,
-            ckpt_file=trained["ckpt"],
-            meta_file=BUNDLE / "configs" / "metadata.json",
-            config_file=BUNDLE / "configs" / "train.json",
-            bundle_root=BUNDLE,
-        )
-    )
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(trained["ckpt"], map_location="cpu", weights_only=True))
-    net.eval()
-    x = torch.rand(2, 1, 150, 174)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts_path))(x), net(x), rtol=1e-4, atol=1e-5)
+    assert_torchscript_matches(BUNDLE, trained["ckpt"], tmp_path, torch.rand(2, 1, 150, 174))
 
 
 def preprocessing() -> Compose:
@@ -282,15 +250,4 @@ def test_bad_training_pairs_are_rejected_naming_the_file(tmp_path, case, message
 
 
 def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(dataset, tmp_path):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-        "-m", "monai.bundle", "run",
-        "--config_file", config_list(BUNDLE, "train.json", "multi_gpu_train.json"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
-        "--ckpt_path", str(tmp_path / "models" / "model.pt"), "--output_dir", str(tmp_path / "train"),
-        "--max_epochs", "1", "--val_interval", "1", "--num_workers", "0",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"
+    assert_torchrun_trains_one_epoch(BUNDLE, dataset, tmp_path, port=29534)

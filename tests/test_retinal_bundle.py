@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,19 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
-from conftest import ROOT, SCHEMA, check, config_list, epoch_losses, load_module, monai_bundle
+from conftest import (
+    ROOT,
+    SCHEMA,
+    assert_resumes_one_epoch,
+    assert_torchrun_trains_one_epoch,
+    assert_torchscript_matches,
+    check,
+    config_list,
+    epoch_losses,
+    load_module,
+    monai_bundle,
+    train_bundle,
+)
 
 BUNDLE = ROOT / "bundles" / "retinal_vessel_unet"
 synthetic = load_module(BUNDLE / "scripts" / "synthetic.py", "retinal_synthetic_for_bundle_tests")
@@ -33,24 +44,16 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory) -> dict:
     """Train the bundle briefly through the CLI; return paths and the training log."""
-    work = tmp_path_factory.mktemp("retinal_run")
-    ckpt = work / "models" / "model.pt"
-    output = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=ckpt,
-            output_dir=work / "train",
-            max_epochs=20,
-            val_interval=5,
-            num_workers=0,
-            samples_per_image=8,
-            **{"train#dataloader#batch_size": 2},
-        )
+    return train_bundle(
+        BUNDLE,
+        dataset,
+        tmp_path_factory.mktemp("retinal_run"),
+        max_epochs=20,
+        val_interval=5,
+        num_workers=0,
+        samples_per_image=8,
+        **{"train#dataloader#batch_size": 2},
     )
-    return {"work": work, "ckpt": ckpt, "log": output}
 
 
 def test_metadata_verifies_offline_and_bad_metadata_is_refused(tmp_path):
@@ -117,46 +120,11 @@ def test_training_lowers_loss_and_beats_chance(trained, dataset, tmp_path):
 
 
 def test_training_resumes_from_last_checkpoint(trained, dataset):
-    resumed = check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=dataset,
-            ckpt_path=trained["ckpt"],
-            output_dir=trained["work"] / "train",
-            max_epochs=21,
-            val_interval=5,
-            num_workers=0,
-            resume=True,
-        )
-    )
-    assert "Restored all variables from" in resumed
-    assert sorted(epoch_losses(resumed)) == [21], "resumed run should train only the remaining epoch"
+    assert_resumes_one_epoch(BUNDLE, trained, dataset, 20, val_interval=5, num_workers=0)
 
 
 def test_ckpt_export_torchscript_matches(trained, tmp_path):
-    ts_path = tmp_path / "model.ts"
-    check(
-        monai_bundle(
-            "ckpt_export",
-            "network_def",
-            filepath=ts_path,
-            ckpt_file=trained["ckpt"],
-            meta_file=BUNDLE / "configs" / "metadata.json",
-            config_file=BUNDLE / "configs" / "train.json",
-            bundle_root=BUNDLE,
-        )
-    )
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(trained["ckpt"], map_location="cpu", weights_only=True))
-    net.eval()
-    scripted = torch.jit.load(str(ts_path), map_location="cpu")
-    x = torch.rand(2, 3, 96, 112)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
+    assert_torchscript_matches(BUNDLE, trained["ckpt"], tmp_path, torch.rand(2, 3, 96, 112))
 
 
 def test_inference_any_size_and_bad_files_skipped(trained, dataset, tmp_path):
@@ -264,16 +232,4 @@ def test_greyscale_training_image_is_rejected(tmp_path):
 
 
 def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(dataset, tmp_path):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        "-m", "monai.bundle", "run",
-        "--config_file", config_list(BUNDLE, "train.json", "multi_gpu_train.json"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(dataset),
-        "--ckpt_path", str(tmp_path / "models" / "model.pt"), "--output_dir", str(tmp_path / "train"),
-        "--max_epochs", "1", "--val_interval", "1", "--num_workers", "0",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert (tmp_path / "models" / "model.pt").is_file()
-    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"
+    assert_torchrun_trains_one_epoch(BUNDLE, dataset, tmp_path, port=29533)
