@@ -6,6 +6,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -38,10 +39,15 @@ def config_list(bundle: Path, *names: str) -> str:
     return files[0] if len(files) == 1 else str(files)
 
 
+def _without_progress(output: str) -> str:
+    """A command's output without progress bars and blank lines, so that a failure shows what matters."""
+    return "\n".join(line for line in output.splitlines() if line.strip() and "Loading dataset" not in line)
+
+
 def check(result: subprocess.CompletedProcess) -> str:
     """Assert a bundle command succeeded and return its output."""
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    assert result.returncode == 0, _without_progress(output)[-6000:]
     return output
 
 
@@ -137,6 +143,12 @@ def assert_torchrun_trains_one_epoch(bundle: Path, dataset: Path, tmp_path: Path
     for key, value in {"max_epochs": 1, "val_interval": 1, "num_workers": 0, **overrides}.items():
         cmd += [f"--{key}", str(value)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    if result.returncode != 0 and "SIGABRT" in result.stdout + result.stderr:
+        # seen once in CI on a loaded 2-core machine and never reproduced (0 in 9 reruns, with and without load): a
+        # rank aborted in native code ("terminate called without an active exception") after loading its data;
+        # one rerun tells that apart from a real failure, which fails both times
+        warnings.warn("torchrun: a rank aborted (SIGABRT); rerunning once", stacklevel=2)
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, _without_progress(result.stdout + result.stderr)[-6000:]
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"
