@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -239,11 +238,8 @@ def test_synthetic_is_deterministic_per_seed():
     assert a[0].shape != c[0].shape or not np.array_equal(a[0], c[0])
 
 
-def test_default_case_geometry_and_speed():
-    start = time.perf_counter()
+def test_default_case_geometry():
     image, labels, affine = synthetic.generate_case(7)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 6.0, f"a default case took {elapsed:.1f} s"  # about 0.3-0.5 s on an idle core
     assert image.shape[:2] == (160, 160) and 40 <= image.shape[2] <= 80
     spacing = _spacing(affine)
     assert 300 / 160 - 1e-3 <= spacing[0] <= 380 / 160 + 1e-3 and 2.5 - 1e-3 <= spacing[2] <= 5 + 1e-3

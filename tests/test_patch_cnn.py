@@ -112,7 +112,7 @@ def test_dense_score_depends_only_on_the_patch_around_the_pixel():
     assert grad[0].sum() > 0 and grad[-1].sum() > 0 and grad[:, 0].sum() > 0 and grad[:, -1].sum() > 0
 
 
-def test_dense_equals_patch_by_patch_everywhere_and_is_faster():
+def test_dense_equals_patch_by_patch_everywhere():
     torch.manual_seed(0)
     net = randomised(PatchCNN(4, 4))
     with torch.no_grad():
