@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import itk
 import nibabel as nib
 import numpy as np
 import pytest
@@ -132,9 +133,10 @@ def test_inference_reads_nifti_of_both_orientations_and_dicom_keeps_the_grid(tra
     assert (ras["orientation"], lps["orientation"]) == ("RAS", "LPS")
     for entry in (ras, lps):
         (inputs / Path(entry["image"]).name).write_bytes((dataset / entry["image"]).read_bytes())
-    # the LPS case again, as a DICOM series folder
+    # the LPS case again, as a DICOM series folder, and the RAS case as NRRD (ITK writes it in LPS space)
     lps_nifti = nib.load(dataset / lps["image"])
     write_dicom_series(np.asarray(lps_nifti.dataobj), lps_nifti.affine, inputs / "series_lps")
+    itk.imwrite(itk.imread(str(dataset / ras["image"])), str(inputs / "ras_copy.nrrd"))
     # bad inputs: an MR-like intensity range, a 2D image, an unreadable file
     mr = np.random.default_rng(0).uniform(0, 900, (40, 40, 20)).astype(np.float32)
     nib.save(nib.Nifti1Image(mr, np.eye(4)), inputs / "mr.nii.gz")
@@ -142,7 +144,7 @@ def test_inference_reads_nifti_of_both_orientations_and_dicom_keeps_the_grid(tra
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = run_inference(inputs, outputs, trained["ckpt"])
     written = sorted(p.name for p in outputs.glob("*_seg.nii.gz"))
-    assert written == ["liver_000_seg.nii.gz", "liver_001_seg.nii.gz", "series_lps_seg.nii.gz"]
+    assert written == ["liver_000_seg.nii.gz", "liver_001_seg.nii.gz", "ras_copy_seg.nii.gz", "series_lps_seg.nii.gz"]
     for name, source in (("liver_000", ras), ("liver_001", lps)):
         image, seg = nib.load(dataset / source["image"]), nib.load(outputs / f"{name}_seg.nii.gz")
         assert seg.shape == image.shape
@@ -153,6 +155,11 @@ def test_inference_reads_nifti_of_both_orientations_and_dicom_keeps_the_grid(tra
     dicom_seg = nib.as_closest_canonical(nib.load(outputs / "series_lps_seg.nii.gz"))
     np.testing.assert_allclose(dicom_seg.affine, nib.as_closest_canonical(lps_nifti).affine, atol=1e-3)
     assert (np.asarray(dicom_seg.dataobj) == from_nifti).mean() > 0.999
+    # the NRRD copy of the RAS case: the same grid in world space, the same segmentation
+    from_nrrd = nib.load(outputs / "ras_copy_seg.nii.gz")
+    np.testing.assert_allclose(from_nrrd.affine, nib.load(dataset / ras["image"]).affine, atol=1e-3)
+    ras_seg = np.asarray(nib.load(outputs / "liver_000_seg.nii.gz").dataobj)
+    assert (np.asarray(from_nrrd.dataobj) == ras_seg).mean() > 0.999
     failures = {Path(f["image"]).name: f["error"] for f in json.loads((outputs / "failed_cases.json").read_text())}
     assert set(failures) == {"mr.nii.gz", "flat.nii.gz", "broken.nii.gz"}
     assert "not CT in Hounsfield units" in failures["mr.nii.gz"] and "mr.nii.gz" in failures["mr.nii.gz"]
@@ -161,7 +168,7 @@ def test_inference_reads_nifti_of_both_orientations_and_dicom_keeps_the_grid(tra
     assert not [p for p in outputs.iterdir() if p.name.startswith(".")], "temporary files left behind"
     # measurements: per case JSON with the tumour list, one CSV row per case, one CSV row per tumour
     rows = {r["case"]: r for r in read_csv(outputs / "measurements.csv")}
-    assert set(rows) == {"liver_000", "liver_001", "series_lps"}
+    assert set(rows) == {"liver_000", "liver_001", "ras_copy", "series_lps"}
     for case, row in rows.items():
         seg = nib.load(outputs / f"{case}_seg.nii.gz")
         voxel_ml = abs(np.linalg.det(seg.affine[:3, :3])) / 1000

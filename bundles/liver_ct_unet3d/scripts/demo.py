@@ -44,7 +44,8 @@ def overlay(image_path: Path, label_path: Path, seg_path: Path, out_path: Path) 
         mix[inside] = (0.5 * grey[inside] + 0.5 * COLOURS[label[..., k][inside]]).astype(np.uint8)
         return mix
 
-    panels = [np.rot90(p) for p in (grey, coloured(truth), coloured(pred))]  # RAS: anterior up, patient right left
+    # RAS arrays, shown as radiologists read axial CT: anterior up, the patient's right on the image's left
+    panels = [np.fliplr(np.rot90(p)) for p in (grey, coloured(truth), coloured(pred))]
     Image.fromarray(np.concatenate(panels, axis=1)).save(out_path)
 
 
