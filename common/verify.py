@@ -101,6 +101,7 @@ def check_network(root: str | Path, config: str = "configs/inference.json") -> l
             config_file=str(root / config),
             bundle_root=str(root),
             device="cpu",
+            n=2,  # twice the smallest size: instance norm needs more than one voxel at a 16x-strided bottleneck
         )
     except Exception as e:
         raise BundleError(f"{root / config}: network_def fails verify_net_in_out ({type(e).__name__}: {e}).") from e

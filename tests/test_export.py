@@ -349,3 +349,20 @@ def test_archive_with_unsafe_or_foreign_members_is_refused(tmp_path, member):
     with pytest.raises(BundleError, match="outside the bundle folder|one top-level bundle folder"):
         unpack(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["liver_ct_unet3d", "cardiac_mr_fcn", "brain_tissue_cnn2d"])
+def test_every_bundle_exports_and_verifies(name, tmp_path):
+    """The other bundles (3D, slice-wise, patch CNN) export and pass every check, with freshly initialised weights."""
+    import torch
+
+    from common.export import build_network
+
+    bundle = ROOT / "bundles" / name
+    ckpt = tmp_path / "model.pt"
+    torch.save(build_network(bundle).state_dict(), ckpt)
+    check(
+        run("-m", "common.export", str(bundle.relative_to(ROOT)), "--out", str(tmp_path / "out"), "--ckpt", str(ckpt))
+    )
+    result = verify(tmp_path / "out" / name)
+    assert result.returncode == 0 and "verify_net_in_out passed" in result.stdout, result.stdout + result.stderr
