@@ -351,7 +351,7 @@ def test_archive_with_unsafe_or_foreign_members_is_refused(tmp_path, member):
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.txt").exists()
 
 
-@pytest.mark.parametrize("name", ["liver_ct_unet3d", "cardiac_mr_fcn", "brain_tissue_cnn2d"])
+@pytest.mark.parametrize("name", ["liver_ct_unet3d", "lung_nodule_fcn3d", "cardiac_mr_fcn", "brain_tissue_cnn2d"])
 def test_every_bundle_exports_and_verifies(name, tmp_path):
     """The other bundles (3D, slice-wise, patch CNN) export and pass every check, with freshly initialised weights."""
     import torch
