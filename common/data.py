@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
+
 from common.tables import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -184,3 +187,12 @@ def write_dataset_json(
     path = Path(output_dir) / "dataset.json"
     write_json_atomic(path, index)
     return path
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path) -> None:
+    """Save one NIfTI volume at ``path`` with its units (mm, seconds), creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nifti = nib.Nifti1Image(data, affine)
+    nifti.header.set_xyzt_units("mm", "sec")
+    nib.save(nifti, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import re
 import subprocess
@@ -49,6 +50,28 @@ def check(result: subprocess.CompletedProcess) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, _without_progress(output)[-6000:]
     return output
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_bundle_verifies(bundle: Path, config: str = "train.json", **net_options: object) -> None:
+    """The metadata verifies offline against the kept schema, and ``network_def`` of ``config`` passes MONAI's
+    ``verify_net_in_out`` (options such as ``n`` or ``any`` choose the test input's size)."""
+    meta = bundle / "configs" / "metadata.json"
+    assert "verified with no error" in check(monai_bundle("verify_metadata", meta_file=meta, filepath=SCHEMA))
+    out = monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        meta_file=meta,
+        config_file=bundle / "configs" / config,
+        bundle_root=bundle,
+        **net_options,
+    )
+    assert "verified with no error" in check(out)
 
 
 def epoch_losses(log: str) -> dict[int, list[float]]:

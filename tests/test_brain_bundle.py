@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from monai.transforms import Compose
 
 from conftest import (
     ROOT,
-    SCHEMA,
+    assert_bundle_verifies,
     assert_resumes_one_epoch,
     assert_torchrun_trains_one_epoch,
     assert_torchscript_matches,
@@ -25,6 +24,7 @@ from conftest import (
     epoch_losses,
     load_module,
     monai_bundle,
+    read_csv,
     train_bundle,
 )
 
@@ -50,12 +50,6 @@ def trained(dataset, tmp_path_factory) -> dict:
     return train_bundle(BUNDLE, dataset, work, max_epochs=EPOCHS, val_interval=4, learning_rate=0.002, **SMALL)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def parser_of(*names: str) -> ConfigParser:
     """A parser of the bundle's configs (merged in order) with the bundle root set."""
     parser = ConfigParser()
@@ -65,19 +59,7 @@ def parser_of(*names: str) -> ConfigParser:
 
 
 def test_metadata_verifies_offline_and_dense_network_matches_it():
-    meta = BUNDLE / "configs" / "metadata.json"
-    assert "verified with no error" in check(monai_bundle("verify_metadata", meta_file=meta, filepath=SCHEMA))
-    out = check(
-        monai_bundle(
-            "verify_net_in_out",
-            "network_def",
-            meta_file=meta,
-            config_file=BUNDLE / "configs" / "inference.json",
-            bundle_root=BUNDLE,
-            any=37,
-        )
-    )
-    assert "verified with no error" in out
+    assert_bundle_verifies(BUNDLE, "inference.json", any=37)
 
 
 def test_training_lowers_loss_and_beats_chance(trained):

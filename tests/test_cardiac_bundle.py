@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from monai.transforms import Compose
 
 from conftest import (
     ROOT,
-    SCHEMA,
+    assert_bundle_verifies,
     assert_resumes_one_epoch,
     assert_torchrun_trains_one_epoch,
     assert_torchscript_matches,
@@ -24,6 +23,7 @@ from conftest import (
     epoch_losses,
     load_module,
     monai_bundle,
+    read_csv,
     train_bundle,
 )
 
@@ -55,25 +55,8 @@ def trained(dataset, tmp_path_factory) -> dict:
     )
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_metadata_verifies_offline_and_network_matches_it():
-    meta = BUNDLE / "configs" / "metadata.json"
-    assert "verified with no error" in check(monai_bundle("verify_metadata", meta_file=meta, filepath=SCHEMA))
-    out = check(
-        monai_bundle(
-            "verify_net_in_out",
-            "network_def",
-            meta_file=meta,
-            config_file=BUNDLE / "configs" / "train.json",
-            bundle_root=BUNDLE,
-        )
-    )
-    assert "verified with no error" in out
+    assert_bundle_verifies(BUNDLE, "train.json")
 
 
 def test_training_lowers_loss_and_beats_chance(trained):

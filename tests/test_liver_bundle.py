@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from monai.transforms import Compose
 from common.dicom import write_dicom_series
 from conftest import (
     ROOT,
-    SCHEMA,
+    assert_bundle_verifies,
     assert_resumes_one_epoch,
     assert_torchrun_trains_one_epoch,
     assert_torchscript_matches,
@@ -27,6 +26,7 @@ from conftest import (
     epoch_losses,
     load_module,
     monai_bundle,
+    read_csv,
     train_bundle,
 )
 
@@ -52,12 +52,6 @@ def trained(dataset, tmp_path_factory) -> dict:
     return train_bundle(BUNDLE, dataset, work, max_epochs=EPOCHS, val_interval=4, learning_rate=0.003, **SMALL)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def run_inference(inputs: Path, outputs: Path, ckpt: Path) -> str:
     """Segment a folder with inference.json at the test's coarse spacing."""
     return check(
@@ -74,19 +68,7 @@ def run_inference(inputs: Path, outputs: Path, ckpt: Path) -> str:
 
 
 def test_metadata_verifies_offline_and_network_matches_it():
-    meta = BUNDLE / "configs" / "metadata.json"
-    assert "verified with no error" in check(monai_bundle("verify_metadata", meta_file=meta, filepath=SCHEMA))
-    out = check(
-        monai_bundle(
-            "verify_net_in_out",
-            "network_def",
-            meta_file=meta,
-            config_file=BUNDLE / "configs" / "train.json",
-            bundle_root=BUNDLE,
-            n=2,
-        )
-    )
-    assert "verified with no error" in out
+    assert_bundle_verifies(BUNDLE, "train.json", n=2)
 
 
 def test_training_lowers_loss_and_beats_chance(trained):

@@ -4,7 +4,6 @@ measurements on hand-computed cases."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -21,7 +20,7 @@ from scipy import ndimage
 from common.dicom import write_dicom_series
 from conftest import (
     ROOT,
-    SCHEMA,
+    assert_bundle_verifies,
     assert_resumes_one_epoch,
     assert_torchrun_trains_one_epoch,
     assert_torchscript_matches,
@@ -30,6 +29,7 @@ from conftest import (
     epoch_losses,
     load_module,
     monai_bundle,
+    read_csv,
     train_bundle,
 )
 
@@ -60,12 +60,6 @@ def trained(dataset, tmp_path_factory) -> dict:
     return train_bundle(BUNDLE, dataset, work, max_epochs=EPOCHS, val_interval=6, learning_rate=0.003, **SMALL)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def run_inference(inputs: Path, outputs: Path, ckpt: Path, **overrides) -> str:
     """Segment a folder with inference.json at the test's coarse spacing."""
     return check(
@@ -82,19 +76,7 @@ def run_inference(inputs: Path, outputs: Path, ckpt: Path, **overrides) -> str:
 
 
 def test_metadata_verifies_offline_and_network_matches_it():
-    meta = BUNDLE / "configs" / "metadata.json"
-    assert "verified with no error" in check(monai_bundle("verify_metadata", meta_file=meta, filepath=SCHEMA))
-    out = check(
-        monai_bundle(
-            "verify_net_in_out",
-            "network_def",
-            meta_file=meta,
-            config_file=BUNDLE / "configs" / "train.json",
-            bundle_root=BUNDLE,
-            n=2,
-        )
-    )
-    assert "verified with no error" in out
+    assert_bundle_verifies(BUNDLE, "train.json", n=2)
 
 
 def test_configs_agree_and_the_network_is_a_3d_fcn():

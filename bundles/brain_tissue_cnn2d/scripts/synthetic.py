@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import write_dataset_json
+from common.data import save_nifti, write_dataset_json
 
 #: our label indices
 CSF, GM, WM = 1, 2, 3
@@ -285,14 +284,6 @@ def generate_subject(
     return images, TISSUE_LABELS[tissue], affine
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Save one NIfTI volume (mm, seconds) at ``path``, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nifti = nib.Nifti1Image(data, affine)
-    nifti.header.set_xyzt_units("mm", "sec")
-    nib.save(nifti, path)
-
-
 def write_subject(
     root: Path,
     split: str,
@@ -306,13 +297,13 @@ def write_subject(
     images, label, affine = generate_subject(seed, size, modalities)
     if four_d:
         image: str | list[str] = f"images{split}/{subject}.nii.gz"
-        _save(np.stack(images, axis=-1), affine, root / image)
+        save_nifti(np.stack(images, axis=-1), affine, root / image)
     else:
         image = [f"images{split}/{subject}_{channel:04d}.nii.gz" for channel in range(len(images))]
         for relative, data in zip(image, images):
-            _save(data, affine, root / relative)
+            save_nifti(data, affine, root / relative)
     label_path = f"labels{split}/{subject}.nii.gz"
-    _save(label, affine, root / label_path)
+    save_nifti(label, affine, root / label_path)
     return {"image": image, "label": label_path, "subject": subject}
 
 

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import write_dataset_json
+from common.data import save_nifti, write_dataset_json
 from common.metrics.clinical import ACDC_CLASSES, label_volumes_ml, voxel_volume_ml
 
 #: ACDC label indices
@@ -181,10 +180,7 @@ def write_subject(root: Path, split: str, subject: str, seed: int, size: int | N
         entry = {"subject": subject, "phase": phase}
         for key, data in (("image", image), ("label", labels)):
             relative = f"{key}s{split}/{subject}_{phase}.nii.gz"
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            nifti = nib.Nifti1Image(data, affine)
-            nifti.header.set_xyzt_units("mm", "sec")
-            nib.save(nifti, root / relative)
+            save_nifti(data, affine, root / relative)
             entry[key] = relative
         volumes = label_volumes_ml(labels, voxel_volume_ml(affine), ACDC_CLASSES)
         entry.update({f"{name}_ml": round(v, 3) for name, v in volumes.items()})

@@ -69,7 +69,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import write_dataset_json
+from common.data import save_nifti, write_dataset_json
 from common.metrics.clinical import label_volumes_ml, voxel_volume_ml
 
 #: our label indices and names (LiTS / MSD Task03)
@@ -757,14 +757,6 @@ def measure(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Save one NIfTI volume (mm, seconds) at ``path``, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nifti = nib.Nifti1Image(data, affine)
-    nifti.header.set_xyzt_units("mm", "sec")
-    nib.save(nifti, path)
-
-
 def write_case(
     root: str | Path,
     split: str,
@@ -781,7 +773,7 @@ def write_case(
     entry: dict[str, Any] = {}
     for key, data in (("image", image), ("label", label)):
         relative = f"{key}s{split}/{name}.nii.gz"
-        _save(data, affine, root / relative)
+        save_nifti(data, affine, root / relative)
         entry[key] = relative
     entry["subject"] = name
     entry["orientation"] = "".join(nib.aff2axcodes(affine))

@@ -47,7 +47,12 @@ def remove_small_components(mask: np.ndarray, affine: Any, min_volume_mm3: float
 
 
 class RemoveSmallNodulesd(MapTransform):
-    """Set nodule components under ``min_volume_mm3`` (in the label map's own grid) to background."""
+    """Set nodule components under ``min_volume_mm3`` (in the label map's own grid) to background.
+
+    Not MONAI's ``RemoveSmallObjectsd(by_measure=True)``: with scikit-image 0.26 it removed a 20 mm3 component (two
+    10 mm3 voxels) at a 15 mm3 threshold, since it rounds the threshold up to whole voxels (2) and scikit-image now
+    removes objects up to that size inclusive.
+    """
 
     def __init__(self, keys: KeysCollection, min_volume_mm3: float, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import write_dataset_json
+from common.data import save_nifti, write_dataset_json
 
 NODULE = 1
 LABELS = {"0": "background", "1": "nodule"}
@@ -262,14 +262,6 @@ def measure(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     return {"nodule_count": int(count), "nodules": nodules}
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Save one NIfTI volume (mm, seconds) at ``path``, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nifti = nib.Nifti1Image(data, affine)
-    nifti.header.set_xyzt_units("mm", "sec")
-    nib.save(nifti, path)
-
-
 def write_case(root: str | Path, split: str, name: str, seed: int, size: int = 160, **kwargs: Any) -> dict[str, Any]:
     """Write one case's image and label NIfTIs under ``root``; return its ``dataset.json`` entry with the truth."""
     root = Path(root)
@@ -277,7 +269,7 @@ def write_case(root: str | Path, split: str, name: str, seed: int, size: int = 1
     entry: dict[str, Any] = {}
     for key, data in (("image", image), ("label", label)):
         relative = f"{key}s{split}/{name}.nii.gz"
-        _save(data, affine, root / relative)
+        save_nifti(data, affine, root / relative)
         entry[key] = relative
     entry["subject"] = name
     entry["orientation"] = "".join(nib.aff2axcodes(affine))
