@@ -115,3 +115,34 @@ def test_gradients_reach_the_first_layer_and_loss_drops():
     first_conv = net.stages[0][0].conv
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_full_resolution_scores_reach_single_pixels():
+    """With ``full_resolution_scores`` the first stage's unpooled scores are fused: the output stride is 1, so a
+    change of one input pixel changes that pixel's output differently from its pooling neighbour's."""
+    torch.manual_seed(0)
+    net = FCN(2, 1, 2, features=(4, 8, 8), full_resolution_scores=True).eval()
+    plain = FCN(2, 1, 2, features=(4, 8, 8)).eval()
+    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters()) == 4 * 2 + 2
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        net.score_full.weight.zero_()
+        net.score_full.bias.zero_()
+        assert not torch.allclose(before, net(x))  # the full-resolution scores take part
+        net.score_full.weight.fill_(1.0)
+        y = net(x)
+        x[..., 10, 10] += 1.0
+        delta = net(x) - y
+    # the first stage's 3x3 convolutions only reach a few pixels, and the 2x2 neighbours differ (stride 1)
+    assert not torch.allclose(delta[..., 10, 10], delta[..., 10, 11])
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (1, 1, 37, 41)), (3, (1, 1, 17, 20, 9))])
+def test_full_resolution_scores_keep_size_and_script(spatial_dims, shape):
+    net = FCN(spatial_dims, 1, 3, features=(4, 8, 8), full_resolution_scores=True).eval()
+    x = torch.rand(shape)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (1, 3, *shape[2:])
+        torch.testing.assert_close(torch.jit.script(net)(x), y)

@@ -61,7 +61,10 @@ class FCN(nn.Module):
     ``context`` module follows, and a 1x1 conv gives class scores. These are
     upsampled x2 and added to 1x1 scores of the second-deepest pool, upsampled x2 and added to scores of the
     third-deepest pool, then upsampled back to the input resolution: x8 with five stages (FCN-8s), x4 with four
-    (finer output, for thin structures), ``output_stride = 2^(len(features) - 2)`` in general.
+    (finer output, for thin structures), ``output_stride = 2^(len(features) - 2)`` in general. With
+    ``full_resolution_scores`` the fusion goes one step further, as FCN-8s goes from FCN-16s: 1x1 scores of the
+    first stage's features before its pooling (full resolution) are added after the final upsampling, so objects
+    a few voxels across (small lesions) keep a sharp outline; the output stride is then 1.
 
     Any input size works: the input is zero-padded at the far end of each axis to a multiple of
     2^len(features) and the output is cropped back, so the output has exactly the input's spatial shape.
@@ -78,6 +81,7 @@ class FCN(nn.Module):
         upsample: ``"deconv"`` (learnable, initialised to linear interpolation) or ``"linear"`` (fixed).
         context: module mapping the deepest feature map (``features[-1]`` channels) to the same shape, e.g. a
             recurrent layer giving every position global context; identity by default.
+        full_resolution_scores: also fuse class scores of the first stage's full-resolution features.
     """
 
     def __init__(
@@ -92,11 +96,14 @@ class FCN(nn.Module):
         dropout: float = 0.0,
         upsample: str = "deconv",
         context: nn.Module | None = None,
+        full_resolution_scores: bool = False,
     ) -> None:
         super().__init__()
         if len(features) < 3:
             raise ValueError(f"FCN needs at least three encoder stages, got features={tuple(features)}.")
         self.spatial_dims = spatial_dims
+        self.convs_per_stage = convs_per_stage
+        self.full_resolution_scores = full_resolution_scores
         self.divisor = 2 ** len(features)
         stages, channels = [], in_channels
         for width in features:
@@ -121,6 +128,9 @@ class FCN(nn.Module):
         # the third-deepest pool is at 1/2^(len(features) - 2) of the input: 1/8 with five stages (FCN-8s)
         self.output_stride = 2 ** (len(features) - 2)
         self.up_final = _Upsample(spatial_dims, out_channels, self.output_stride, upsample)
+        self.score_full = (
+            Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1) if full_resolution_scores else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[2:]
@@ -129,13 +139,22 @@ class FCN(nn.Module):
             pad += [0, (self.divisor - shape[axis] % self.divisor) % self.divisor]
         x = F.pad(x, pad)
         pools: list[torch.Tensor] = []
-        for stage in self.stages:
-            x = stage(x)
+        full = x
+        for k, stage in enumerate(self.stages):
+            if k == 0 and self.full_resolution_scores:
+                for j, layer in enumerate(stage):
+                    if j == self.convs_per_stage:  # the pooling: keep the full-resolution features before it
+                        full = x
+                    x = layer(x)
+            else:
+                x = stage(x)
             pools.append(x)
         scores = self.score_deep(self.context(self.head(x)))
         scores = self.up_deep(scores) + self.score_pool4(pools[-2])
         scores = self.up_pool4(scores) + self.score_pool3(pools[-3])
         scores = self.up_final(scores)
+        if self.score_full is not None:
+            scores = scores + self.score_full(full)
         if self.spatial_dims == 2:
             return scores[:, :, : shape[0], : shape[1]]
         return scores[:, :, : shape[0], : shape[1], : shape[2]]
