@@ -100,7 +100,7 @@ def case_measurements(item: dict[str, Any]) -> dict[str, Any]:
         pred,
         _affine(pred),
         image=None if hu is None else _labels_float(hu),
-        prob=None if prob is None else _labels_float(prob, channel=NODULE),
+        prob=None if prob is None else _labels_float(prob, channel=-1),  # the nodule is the last channel
     )
     return {
         "nodule_count": len(nodules),
