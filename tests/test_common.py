@@ -11,7 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor, get_track_meta
-from monai.transforms import Compose, EnsureChannelFirstd, Flipd, Lambdad, LoadImaged
+from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Flipd, Lambdad, LoadImaged
 from PIL import Image
 
 from common.data import list_images, load_datalist
@@ -19,6 +19,7 @@ from common.handlers import CaseTableWriter
 from common.screening import ScreenedDataset
 from common.tables import case_stem, summarize, write_csv_atomic
 from common.transforms import (
+    ArgMaxd,
     AtomicSaveImaged,
     CentreLabeld,
     CheckHounsfieldd,
@@ -131,6 +132,36 @@ def test_screened_dataset_skips_bad_cases_and_reports_them(tmp_path):
     assert len(uncached) == 1 and float(uncached[0]["image"].max()) == 9.0
     with pytest.raises(RuntimeError, match="none of the 1 cases"):
         ScreenedDataset(cases[1:], load)
+
+
+def test_screened_dataset_without_cache_prepares_each_case_once_within_its_budget():
+    calls = []
+
+    def prepare(case):
+        calls.append(case["image"])
+        if case["image"] == "bad":
+            raise ValueError("bad: unreadable")
+        return {"image": torch.full((1, 4, 4), float(len(case["image"])))}
+
+    cases = [{"image": "a"}, {"image": "bad"}, {"image": "ccc"}]
+    data = ScreenedDataset(cases, prepare, cache=False)
+    assert len(data) == 2 and [f["image"] for f in data.failures] == ["bad"]
+    assert float(data[0]["image"].max()) == 1.0 and float(data[1]["image"].max()) == 3.0
+    assert sorted(calls) == ["a", "bad", "ccc"], "a case kept from the screening is not prepared again"
+    assert float(data[1]["image"].max()) == 3.0 and calls.count("ccc") == 2, "a second read prepares it again"
+    calls.clear()
+    small = ScreenedDataset(cases, prepare, cache=False, keep_bytes=64)  # room for one 4x4 float32 case only
+    assert [float(small[i]["image"].max()) for i in range(2)] == [1.0, 3.0]
+    assert sorted(calls) == ["a", "bad", "ccc", "ccc"]
+
+
+def test_argmaxd_equals_asdiscreted():
+    probabilities = MetaTensor(torch.rand(3, 6, 5, 4), meta={"filename_or_obj": "/in/case.nii.gz"})
+    probabilities[:, :2] = 0.0  # ties: the first class, as argmax
+    expected = AsDiscreted("pred", argmax=True)({"pred": probabilities})["pred"]
+    labels = ArgMaxd("pred")({"pred": probabilities})["pred"]
+    assert isinstance(labels, MetaTensor) and labels.dtype == expected.dtype and labels.shape == (1, 6, 5, 4)
+    assert torch.equal(labels.as_tensor(), expected.as_tensor()) and labels.meta["filename_or_obj"] == "/in/case.nii.gz"
 
 
 def test_atomic_save_writes_final_file_only(tmp_path):
