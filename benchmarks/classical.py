@@ -54,6 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see architectures.py: spi
 
 import fire
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 import classical_methods as cm
@@ -161,6 +162,11 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
                     if isinstance(value, dict) else value)  # fmt: skip
     for key, value in overrides.items():  # dicts of the command line merge per task
         current = getattr(s, key)
+        if isinstance(current, dict) and isinstance(value, str):
+            # fire leaves "{lung: /data/lung}" (a path, not a Python literal) as a string: read it as YAML
+            value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError(f"--{key} must map tasks to values, e.g. \"{{lung: /data/lung}}\", got {value!r}")
         if isinstance(current, dict) and isinstance(value, dict):
             merged = dict(current)
             for task, v in value.items():

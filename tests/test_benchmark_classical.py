@@ -115,6 +115,15 @@ def test_settings_are_checked():
         bench.make_settings(tasks="kidney")
 
 
+def test_paths_per_task_are_read_from_the_command_line_string():
+    """fire passes ``--ckpt "{lung: /runs/lung/model.pt}"`` as a string (a path is no Python literal)."""
+    s = bench.make_settings(ckpt="{lung: /runs/lung/model.pt}", data_dir="{liver: /data/lits, lung: data/lung}")
+    assert s.ckpt == {"lung": "/runs/lung/model.pt"}
+    assert s.data_dir == {"liver": "/data/lits", "lung": "data/lung"}
+    with pytest.raises(ValueError, match="must map tasks"):
+        bench.make_settings(ckpt="/runs/lung/model.pt")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of one quick-mode run, started as a user starts it."""
