@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -52,7 +51,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +72,7 @@ from monai.transforms import Compose
 from PIL import Image, ImageDraw, ImageFont
 
 from common.networks import PatchCNN
+from common.runner import load_module
 
 BUNDLES = ROOT / "bundles"
 ARCHITECTURES = ("patch_cnn", "fcn", "unet", "fcn_rnn", "unet_rnn")
@@ -176,17 +175,6 @@ class Run:
 
 
 # ----------------------------------------------------------------------------------------------- bundle configs
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    """Import a bundle script under a unique module name (every bundle has its own ``scripts`` package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _redirect_script_targets(node: Any, bundle: str) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import inspect
 import json
 import math
@@ -43,7 +42,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +56,8 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 import classical_methods as cm
-from common.runner import run_bundle
+from common.runner import load_module, run_bundle
+from common.tables import write_csv_atomic
 
 BUNDLES = ROOT / "bundles"
 TASK_BUNDLES = {
@@ -129,17 +128,6 @@ QUICK = {
     "num_workers": 0,
     "tune_search_cases": 2,
 }
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    """Import a bundle script under a unique module name (every bundle has its own ``scripts`` package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -311,14 +299,6 @@ def run_classical(task: str, s: Settings, data: Path) -> tuple[list[dict], float
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows of dicts as a CSV file."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _fmt(x: float) -> str:
     """A Dice value for the tables."""
     return "n/a" if not math.isfinite(x) else f"{x:.3f}"
@@ -451,9 +431,9 @@ def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
         info[task] = {"train_s": train_s, "epochs": epochs, "ckpt": str(ckpt), "eval_s": eval_s, "data": data,
                       "test_cases": len(network_rows), **extra}  # fmt: skip
     results = summarise(per_case)
-    write_csv(out / "per_case.csv", [{**r, "dice": round(r["dice"], 4), "seconds": round(r["seconds"], 3)}
+    write_csv_atomic(out / "per_case.csv", [{**r, "dice": round(r["dice"], 4), "seconds": round(r["seconds"], 3)}
                                      for r in per_case])  # fmt: skip
-    write_csv(out / "results.csv", results)
+    write_csv_atomic(out / "results.csv", results)
     write_report(out / "results.md", s, results, info, time.time() - start)
     draw_chart(out / "dice.png", results, s.tasks)
     print(f"\nwrote results.csv, per_case.csv, results.md and dice.png to {out} ({time.time() - start:.0f} s)")

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import cProfile
-import csv
 import dataclasses
 import io
 import json
@@ -71,6 +70,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
+
+from common.tables import write_csv_atomic
 
 BUNDLES = ROOT / "bundles"
 ALL_BUNDLES = ("retinal_vessel_unet", "cardiac_mr_fcn", "liver_ct_unet3d", "lung_nodule_fcn3d", "brain_tissue_cnn2d")
@@ -723,16 +724,6 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + " --- |" * len(columns)]
     for r in rows:
@@ -941,12 +932,12 @@ def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
                 print(f"    peak RSS {m['peak_rss_mib']:.0f} MiB, {m['wall_s']:.1f} s, on {m['input']}", flush=True)
                 memory_rows.append({k: v for k, v in m.items() if k != "log"})
         wall = time.perf_counter() - start
-        write_csv(out / "inference.csv", infer_rows)
-        write_csv(out / "inference_breakdown.csv", breakdown_rows)
+        write_csv_atomic(out / "inference.csv", infer_rows)
+        write_csv_atomic(out / "inference_breakdown.csv", breakdown_rows)
         if train_rows:
-            write_csv(out / "training.csv", train_rows)
+            write_csv_atomic(out / "training.csv", train_rows)
         if memory_rows:
-            write_csv(out / "memory.csv", memory_rows)
+            write_csv_atomic(out / "memory.csv", memory_rows)
         write_report(out, s, infer_rows, train_rows, memory_rows, weights, wall)
         draw_chart(out / "speed.png", infer_rows, train_rows, memory_rows)
     print(f"wrote {out}/results.md ({wall / 60:.1f} min)", flush=True)

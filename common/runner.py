@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 
 def bundle_command(bundle: str | Path, configs: Sequence[str], **overrides: object) -> list[str]:
@@ -61,3 +63,14 @@ def train_evaluate_infer(
         bundle, ["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=data["ckpt_path"]
     )
     return train_seconds
+
+
+def load_module(path: str | Path, name: str) -> ModuleType:
+    """Import a bundle script under a unique module name (every bundle has its own ``scripts`` package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
