@@ -195,16 +195,6 @@ class CheckImaged(MapTransform):
         return d
 
 
-def _quantile(values: torch.Tensor, q: float) -> float:
-    """``torch.quantile(values, q)`` (linear interpolation) by partial sorting, ten times faster on a million values."""
-    x = values.detach().cpu().numpy().ravel()
-    position = q * (x.size - 1)
-    low = int(np.floor(position))
-    high = min(low + 1, x.size - 1)
-    part = np.partition(x, [low, high])
-    return float(part[low] + (position - low) * (part[high] - part[low]))
-
-
 class ArgMaxd(MapTransform):
     """``AsDiscreted(argmax=True)``, the same labels and metadata, computed with ``torch.max(dim=0)``.
 
@@ -248,7 +238,7 @@ class CheckHounsfieldd(MapTransform):
         for key in self.key_iterator(d):
             values = torch.as_tensor(d[key]).flatten()
             sample = values[:: max(1, values.numel() // 1_000_000)].float()
-            low = _quantile(sample, 0.01)
+            low = float(np.quantile(sample.numpy(), 0.01))  # partial sort; torch.quantile sorts (6x slower)
             if low > self.air_below:
                 raise ValueError(
                     f"{source_name(d, key)}: intensities run from {float(values.min()):g} to {float(values.max()):g} "
