@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
@@ -69,7 +70,7 @@ def write_dicom_series(
         raise ValueError(f"write_dicom_series: expected a finite 4x4 affine, got shape {affine.shape}.")
     lps = ras_to_lps(affine)
     axes = lps[:3, :3]
-    spacing = np.linalg.norm(axes, axis=0)
+    spacing = voxel_sizes(lps)
     if (spacing <= 0).any():
         raise ValueError(f"write_dicom_series: the affine has a zero-length axis: {affine.tolist()}.")
     directions = axes / spacing

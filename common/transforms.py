@@ -15,6 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import Compose, LoadImage, MapTransform, SaveImage
+from monai.transforms.utils import get_largest_connected_component_mask
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -290,12 +291,7 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     mask = mean > threshold_otsu(mean)
     for z in range(mask.shape[-1]):
         mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
-    components, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        mask = components == int(np.argmax(sizes))
-    return mask
+    return get_largest_connected_component_mask(mask, connectivity=1)
 
 
 class NormalizeInHeadd(MapTransform):

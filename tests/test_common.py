@@ -14,7 +14,7 @@ from monai.data import MetaTensor, get_track_meta
 from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Flipd, Lambdad, LoadImaged
 from PIL import Image
 
-from common.data import list_images, load_datalist
+from common.data import is_dicom_file, list_images, load_datalist
 from common.handlers import CaseTableWriter
 from common.screening import ScreenedDataset
 from common.tables import case_stem, summarize, write_csv_atomic
@@ -317,3 +317,22 @@ def test_load_datalist_keeps_scalar_extras_and_drops_lists(tmp_path):
         "subject": "s1",
         "liver_ml": 1.5,
     }
+
+
+def test_head_mask_keeps_only_the_largest_region():
+    zz, yy, xx = np.mgrid[:4, :40, :40]
+    head = ((yy - 18) ** 2 + (xx - 18) ** 2 < 12**2).transpose(2, 1, 0)  # (X, Y, Z)
+    marker = np.zeros_like(head)
+    marker[35:38, 35:38, :] = True  # a bright marker beside the head, not part of it
+    image = np.where(head | marker, 100.0, 0.0)[None]
+    assert (head_mask(image) == head).all()
+
+
+def test_is_dicom_file_reads_the_preamble_or_trusts_the_suffix(tmp_path):
+    (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "scan.DCM").write_bytes(b"not read")
+    (tmp_path / "short").write_bytes(b"DICM")
+    (tmp_path / "notes.txt").write_bytes(b"\0" * 200)
+    assert is_dicom_file(tmp_path / "IM0001") and is_dicom_file(tmp_path / "scan.DCM")
+    assert not is_dicom_file(tmp_path / "short") and not is_dicom_file(tmp_path / "notes.txt")
+    assert not is_dicom_file(tmp_path / "missing") and not is_dicom_file(tmp_path)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
+from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc
 from monai.utils import convert_to_numpy
 
 __all__ = ["binary_scores", "to_numpy_bool"]
@@ -16,11 +16,6 @@ __all__ = ["binary_scores", "to_numpy_bool"]
 def to_numpy_bool(x: Any) -> np.ndarray:
     """Boolean numpy copy of ``x`` (numpy array, torch tensor or MONAI MetaTensor), nonzero = True, shape unchanged."""
     return np.asarray(convert_to_numpy(x, wrap_sequence=True)) != 0
-
-
-def _ratio(numerator: int, denominator: int) -> float:
-    """``numerator / denominator`` as a float, NaN when the denominator is zero."""
-    return numerator / denominator if denominator else math.nan
 
 
 def _check_shape(name: str, array: np.ndarray, label: np.ndarray) -> None:
@@ -81,14 +76,12 @@ def binary_scores(pred: Any, label: Any, prob: Any | None = None, mask: Any | No
     fn = int(np.count_nonzero(~pred_b & label_b))
     tn = int(label_b.size) - tp - fp - fn
 
-    scores = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "accuracy": _ratio(tp + tn, label_b.size),
-        "precision": _ratio(tp, tp + fp),
-        "auc": math.nan,
-    }
+    # MONAI's ratios (NaN on a zero denominator) of the exact integer counts, in float64
+    matrix = torch.tensor([tp, fp, tn, fn], dtype=torch.float64)
+    scores = {"dice": float(compute_confusion_matrix_metric("f1 score", matrix)) if (tp + fp + fn) else 1.0}
+    for name in ("sensitivity", "specificity", "accuracy", "precision"):
+        scores[name] = float(compute_confusion_matrix_metric(name, matrix))
+    scores["auc"] = math.nan
 
     if score is not None and 0 < tp + fn < label_b.size:  # both classes present inside the mask
         # MONAI's exact AUC (ties count one half); its Python loop takes about 0.65 s per 1e6 elements

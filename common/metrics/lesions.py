@@ -12,8 +12,10 @@ import math
 from typing import Any
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+from skimage.measure import regionprops
 
 from common.metrics.binary import to_numpy_bool
 
@@ -45,8 +47,8 @@ def label_components(mask: Any, connectivity: int | None = None) -> tuple[np.nda
 
 def axial_axis(affine: Any) -> int:
     """The voxel axis closest to the world superior-inferior axis: slices across it are axial."""
-    matrix = _affine(affine, 3)[:3, :3]
-    directions = matrix / np.maximum(np.linalg.norm(matrix, axis=0), 1e-12)
+    matrix = _affine(affine, 3)
+    directions = matrix[:3, :3] / np.maximum(voxel_sizes(matrix), 1e-12)
     return int(np.argmax(np.abs(directions[2])))
 
 
@@ -93,22 +95,20 @@ def lesion_table(
     lesion one voxel wide measures 0 along that direction, as a caliper on voxel centres would), and, when given,
     ``mean_intensity`` of ``image`` and ``mean_probability`` / ``max_probability`` of ``prob`` inside the lesion.
     """
-    labels, count = label_components(mask, connectivity)
+    labels, _ = label_components(mask, connectivity)
     matrix = _affine(affine, labels.ndim)
     voxel_mm3 = abs(float(np.linalg.det(matrix[:3, :3])))
     axis = axial_axis(matrix)
-    image_np = None if image is None else _squeeze_channel(np.asarray(image, dtype=np.float64))
-    prob_np = None if prob is None else _squeeze_channel(np.asarray(prob, dtype=np.float64))
+    # image and prob as the channels of one intensity image, so regionprops gives their per-lesion mean and max
+    channels = [_squeeze_channel(np.asarray(x, dtype=np.float64)) for x in (image, prob) if x is not None]
+    intensity = np.stack(channels, axis=-1) if channels else None
     rows = []
-    for index, region in enumerate(ndimage.find_objects(labels), start=1):
-        if region is None:
-            continue
-        inside = labels[region] == index
-        voxels = np.argwhere(inside) + np.array([s.start for s in region])
+    for region in regionprops(labels, intensity_image=intensity):
+        voxels = region.coords
         volume = len(voxels) * voxel_mm3
         if volume < min_volume_mm3:
             continue
-        centroid = matrix[:3, :3] @ voxels.mean(axis=0) + matrix[:3, 3]
+        centroid = matrix[:3, :3] @ np.asarray(region.centroid) + matrix[:3, 3]
         row: dict[str, Any] = {
             "voxels": len(voxels),
             "volume_mm3": volume,
@@ -119,11 +119,11 @@ def lesion_table(
             "equivalent_diameter_mm": (6.0 * volume / math.pi) ** (1.0 / 3.0),
             "longest_axial_diameter_mm": _axial_diameter(voxels, matrix, axis),
         }
-        if image_np is not None:
-            row["mean_intensity"] = float(image_np[region][inside].mean())
-        if prob_np is not None:
-            row["mean_probability"] = float(prob_np[region][inside].mean())
-            row["max_probability"] = float(prob_np[region][inside].max())
+        if image is not None:
+            row["mean_intensity"] = float(region.intensity_mean[0])
+        if prob is not None:
+            row["mean_probability"] = float(region.intensity_mean[-1])
+            row["max_probability"] = float(region.intensity_max[-1])
         rows.append(row)
     rows.sort(key=lambda r: -r["voxels"])
     return [{"lesion": i, **row} for i, row in enumerate(rows, start=1)]

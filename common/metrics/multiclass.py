@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
+from nibabel.affines import voxel_sizes
 
 __all__ = ["class_scores", "voxel_spacing"]
 
 
 def voxel_spacing(affine: Any) -> list[float]:
     """Voxel sizes (mm) of a grid from its 4x4 affine: the lengths of the first three columns."""
-    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return [float(s) for s in np.sqrt((matrix**2).sum(axis=0))]
+    return [float(s) for s in voxel_sizes(np.asarray(affine, dtype=np.float64))]
 
 
 def class_scores(pred: Any, label: Any, classes: Mapping[str, int], spacing: Any = None) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn as nn
+from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 
 __all__ = ["ContextUNet"]
@@ -17,16 +18,13 @@ class ContextUNet(UNet):
     (``channels[-1]`` channels, at ``1 / prod(strides)`` of the input) to a map of the same shape, e.g.
     ``ReNet2d(channels[-1], hidden_size)`` so that the decoder sees global context. Without it the network is
     exactly MONAI's UNet (same layers, same state-dict keys).
+
+    MONAI's UNet nests one ``SkipConnection`` per resolution level in its ``model``; the innermost one wraps the
+    bottom layer, which is replaced here by ``nn.Sequential(bottom, context)`` once the UNet is built.
     """
 
     def __init__(self, *args: Any, context: nn.Module | None = None, **kwargs: Any) -> None:
-        object.__setattr__(self, "_pending_context", context)  # read by _get_bottom_layer during UNet.__init__
-        try:
-            super().__init__(*args, **kwargs)
-        finally:
-            object.__delattr__(self, "_pending_context")
-
-    def _get_bottom_layer(self, in_channels: int, out_channels: int) -> nn.Module:
-        bottom = super()._get_bottom_layer(in_channels, out_channels)
-        context = self.__dict__.get("_pending_context")
-        return bottom if context is None else nn.Sequential(bottom, context)
+        super().__init__(*args, **kwargs)
+        if context is not None:
+            innermost = [m for m in self.model.modules() if isinstance(m, SkipConnection)][-1]
+            innermost.submodule = nn.Sequential(innermost.submodule, context)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.transforms.utils import get_largest_connected_component_mask
 from scipy import ndimage
 
 
@@ -21,11 +22,9 @@ def estimate_fov(image: np.ndarray | torch.Tensor, threshold: float = 0.1) -> np
     red = np.asarray(image[0], dtype=np.float32)
     level = threshold * max(float(np.percentile(red, 99)), 1e-6)
     inside = ndimage.binary_opening(red > level, structure=np.ones((3, 3), bool))
-    labels, count = ndimage.label(inside)
-    if count == 0:
+    if not inside.any():
         return np.ones(red.shape, bool)
-    largest = 1 + int(np.argmax(ndimage.sum_labels(inside, labels, index=range(1, count + 1))))
-    return ndimage.binary_fill_holes(labels == largest)
+    return ndimage.binary_fill_holes(get_largest_connected_component_mask(inside, connectivity=1))
 
 
 class FieldOfViewd(MapTransform):
