@@ -1,5 +1,5 @@
 """Export a bundle for another lab: one self-contained folder and zip archive with trained weights, TorchScript,
-checksums, the ``common`` package vendored and the measured results in the model card.
+checksums, the ``common`` modules its configs and scripts import vendored and the measured results in the model card.
 
     python -m common.export bundles/<name> --out DIR [--ckpt PATH] [--metrics metrics_summary.json]
         [--trained_on "text"] [--base_url URL]
@@ -9,13 +9,13 @@ writes ``DIR/<name>/`` and ``DIR/<name>_v<version>.zip`` (plus ``.sha256``); che
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import re
 import shutil
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import fire
 import torch
 
 from common.bundle_archive import (
+    IGNORED,
     check_metadata,
     copy_tree,
     file_hash,
@@ -30,13 +31,15 @@ from common.bundle_archive import (
     weight_files,
     write_large_files,
 )
+from common.verify import NETWORK_CONFIG, build_network, bundle_on_path, example_input_shape, load_weights
 
-#: the shared package, copied into every exported bundle so ``import common`` resolves from the bundle root
+#: the shared package; the modules of it that a bundle needs are copied into its export so ``import common``
+#: resolves from the bundle root
 COMMON = Path(__file__).resolve().parent
+#: modules every export carries, whatever the bundle imports: the verifier its model card tells receivers to run
+ALWAYS = ("common.verify", "common.bundle_archive")
 #: what an exported bundle holds besides its weights (missing optional entries are skipped)
 BUNDLE_ENTRIES = ("configs", "docs", "scripts", "LICENSE")
-#: the config whose ``network_def`` is exported and run by receivers
-NETWORK_CONFIG = "configs/inference.json"
 #: the model card's note that this copy, unlike the repository, holds weights
 SHIPPED_NOTE = (
     "Added at export: this copy of the bundle ships trained weights in `models/` (`model.pt`, and `model.ts` for "
@@ -46,47 +49,141 @@ SHIPPED_NOTE = (
 STATS = ("mean", "std", "median", "min", "max")
 
 
-@contextmanager
-def bundle_on_path(root: Path) -> Iterator[None]:
-    """Put a bundle root first on ``sys.path`` (for its ``scripts``) while parsing its configs."""
-    sys.path.insert(0, str(root))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(root))
+def _module_file(common: Path, module: str) -> Path | None:
+    """The file of ``module`` (``pkg.a.b``) under the package folder ``common``: ``a/b.py`` or ``a/b/__init__.py``."""
+    parts = module.split(".")[1:]
+    folder = common.joinpath(*parts)
+    if (folder / "__init__.py").is_file():
+        return folder / "__init__.py"
+    if parts and folder.with_suffix(".py").is_file():
+        return folder.with_suffix(".py")
+    return None
 
 
-def example_input_shape(meta: Mapping[str, Any], n: int = 4, any_size: int = 64) -> tuple[int, ...]:
-    """``(1, channels, *spatial)`` of an input the metadata allows (``16*n`` -> 64, ``*`` -> ``any_size``)."""
-    from monai.bundle.scripts import _get_fake_spatial_shape
-
-    image = next(iter(meta["network_data_format"]["inputs"].values()))
-    spatial = _get_fake_spatial_shape(image["spatial_shape"], p=1, n=n, any=any_size)
-    return (1, int(image["num_channels"]), *spatial)
-
-
-def build_network(root: Path, config: str = NETWORK_CONFIG) -> torch.nn.Module:
-    """Instantiate ``network_def`` from a bundle's config, with ``bundle_root`` pointing at ``root``."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(root / config)
-    parser["bundle_root"] = str(root)
-    with bundle_on_path(root):
-        return parser.get_parsed_content("network_def", instantiate=True)
+def resolve_module(common: Path, dotted: str) -> str | None:
+    """The longest prefix of ``dotted`` (``common.a.b.C``) that is a module or package under ``common``, or None."""
+    parts = dotted.split(".")
+    if parts[0] != common.name:
+        return None
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if _module_file(common, module) is not None:
+            return module
+    return None
 
 
-def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The model's state dict from a checkpoint (plain, or ``{"model": ...}`` from ``CheckpointSaver``), read with
-    ``weights_only=True``; optimizer and trainer state are dropped, a DistributedDataParallel prefix removed."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{ckpt}: not a model state dict (a mapping of parameter names to tensors).")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+def names_in_code(text: str, package: str = "common") -> set[str]:
+    """Dotted names under ``package`` in a config string or code snippet (``pkg.a.B``, ``from pkg.a import B``)."""
+    names = set(re.findall(rf"(?<![\w.]){package}(?:\.[A-Za-z_]\w*)*", text))
+    for base, imported in re.findall(rf"\bfrom\s+({package}(?:\.\w+)*)\s+import\s+\(?([\w\s,]+)", text):
+        names |= {f"{base}.{item.split()[0]}" for item in imported.split(",") if item.split()}
+    return names
+
+
+def _imports_in_strings(text: str, package: str = "common") -> set[str]:
+    """Modules under ``package`` imported by Python code held in a string (e.g. run with ``python -c``)."""
+    pattern = rf"(?:^|[;\s])(?:import|from)\s+({package}(?:\.\w+)*)"
+    found = set(re.findall(pattern, text))
+    return found | {n for n in names_in_code(text, package) if any(n.startswith(f"{f}.") for f in found)}
+
+
+def config_references(bundle: Path, package: str = "common") -> set[str]:
+    """Dotted names under ``package`` in the ``_target_`` values and ``$`` expressions of ``bundle/configs/*.json``."""
+
+    def strings(node: Any, key: str = "") -> Iterable[tuple[str, str]]:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                yield from strings(v, str(k))
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v, key)
+        elif isinstance(node, str):
+            yield key, node
+
+    names: set[str] = set()
+    for config in sorted((bundle / "configs").glob("*.json")):
+        for key, text in strings(json.loads(config.read_text())):
+            if key == "_target_" or text.startswith("$"):
+                names |= names_in_code(text, package)
+    return names
+
+
+def python_references(source: Path, module: str | None = None, package: str = "common") -> tuple[set[str], set[str]]:
+    """Dotted names under ``package`` that a Python file imports (relative imports resolved when ``module`` names
+    it) and the string constants it holds; imports inside functions count, as they run when called."""
+    tree = ast.parse(source.read_text(), filename=str(source))
+    here = (module or "").split(".")
+    if source.name != "__init__.py":
+        here = here[:-1]  # the package holding a plain module
+    names: set[str] = set()
+    strings: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if module is None or node.level - 1 >= len(here):
+                    continue  # relative to a package outside ``package`` (e.g. the bundle's ``scripts``)
+                base = ".".join(here[: len(here) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names if alias.name != "*"}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            strings.add(node.value)
+            names |= _imports_in_strings(node.value, package)
+    return {n for n in names if n == package or n.startswith(f"{package}.")}, strings
+
+
+def _data_files(common: Path) -> list[Path]:
+    """Files under ``common`` other than Python modules and caches (schemas and other data)."""
+    return [
+        path
+        for path in sorted(common.rglob("*"))
+        if path.is_file()
+        and path.suffix != ".py"
+        and not any(any(Path(part).match(pattern) for pattern in IGNORED) for part in path.relative_to(common).parts)
+    ]
+
+
+def common_closure(bundle: str | Path, common: str | Path = COMMON, always: Sequence[str] = ALWAYS) -> list[str]:
+    """Files of ``common`` (paths like ``common/data.py``) that the exported ``bundle`` needs: the modules its
+    configs and ``scripts/*.py`` reference and those in ``always``, every module they import in turn, the
+    ``__init__.py`` of every package on their paths, and the data files whose names their code mentions."""
+    bundle, common = Path(bundle), Path(common)
+    package = common.name
+    seeds = set(always) | config_references(bundle, package)
+    for script in sorted((bundle / "scripts").rglob("*.py")):
+        if "__pycache__" not in script.parts:
+            seeds |= python_references(script, None, package)[0]
+    needed: dict[str, Path] = {}
+    strings: set[str] = set()
+    queue = sorted(seeds)
+    while queue:
+        module = resolve_module(common, queue.pop())
+        if module is None or module in needed:
+            continue
+        source = _module_file(common, module)
+        assert source is not None
+        needed[module] = source
+        parts = module.split(".")
+        queue += [".".join(parts[:end]) for end in range(1, len(parts))]  # importing a.b.c runs a and a.b first
+        imported, constants = python_references(source, module, package)
+        queue += sorted(imported)
+        strings |= constants
+    files = set(needed.values())
+    files |= {path for path in _data_files(common) if any(path.name in text for text in strings)}
+    return sorted(path.relative_to(common.parent).as_posix() for path in files)
+
+
+def vendor_common(bundle: Path, root: Path, common: Path = COMMON) -> list[str]:
+    """Copy the files of ``common_closure`` into ``root/<package>/``; return them."""
+    files = common_closure(bundle, common)
+    for file in files:
+        target = root / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(common.parent / file, target)
+    return files
 
 
 def _fmt(value: Any) -> str:
@@ -123,6 +220,19 @@ def results_section(
     return "\n".join(lines)
 
 
+def vendored_section(files: Sequence[str]) -> str:
+    """The model card section listing the vendored ``common`` files."""
+    lines = [
+        "## Vendored code",
+        "",
+        "`common/` holds only the modules of the source repository's shared package that the configs and `scripts/`"
+        " import (directly or through other modules), plus the verifier `common/verify.py` and its schema:",
+        "",
+    ]
+    lines += [f"- `{file}`" for file in files]
+    return "\n".join(lines) + "\n"
+
+
 def _export_onnx(root: Path, meta: Mapping[str, Any]) -> None:
     """Also write ``models/model.onnx`` when ``onnx`` is importable and the network exports; otherwise say why not."""
     if importlib.util.find_spec("onnx") is None:
@@ -157,8 +267,9 @@ def _build(
             copy_tree(source, root / entry)
         elif source.is_file():
             shutil.copy2(source, root / entry)
-    copy_tree(COMMON, root / "common")
-    guide = COMMON.parent / "docs" / "sharing.md"  # the repository's guide (or, re-exported, the bundle's own copy)
+    vendored = vendor_common(bundle, root)
+    print(f"vendored {len(vendored)} files of common: {', '.join(vendored)}")
+    guide = COMMON.parent / "docs" / "sharing.md"  # the repository's guide
     if guide.is_file() and not (root / "docs" / "sharing.md").exists():
         (root / "docs").mkdir(exist_ok=True)
         shutil.copy2(guide, root / "docs" / "sharing.md")
@@ -204,7 +315,8 @@ def _build(
     card = root / "docs" / "README.md"
     card.parent.mkdir(exist_ok=True)
     previous = card.read_text().rstrip() + "\n\n" if card.is_file() else ""
-    card.write_text(previous + results_section(meta["version"], summary, trained_on, meta["weights_sha256"]))
+    results = results_section(meta["version"], summary, trained_on, meta["weights_sha256"])
+    card.write_text(previous + results + "\n" + vendored_section(vendored))
     return meta
 
 

@@ -15,8 +15,10 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fire
 
@@ -31,12 +33,62 @@ from common.bundle_archive import (
     weight_files,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 #: the vendored schema every exported bundle carries, so metadata is checked offline
 SCHEMA = "common/schemas/bundle_metadata_schema.json"
 #: TorchScript and eager outputs must agree within these tolerances
 RTOL, ATOL = 1e-4, 1e-5
 #: the network checks must finish within this many seconds
 NETWORK_TIMEOUT = 900
+#: the config whose ``network_def`` is exported and run by receivers
+NETWORK_CONFIG = "configs/inference.json"
+
+
+@contextmanager
+def bundle_on_path(root: Path) -> Iterator[None]:
+    """Put a bundle root first on ``sys.path`` (for its ``scripts``) while parsing its configs."""
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+
+
+def example_input_shape(meta: Mapping[str, Any], n: int = 4, any_size: int = 64) -> tuple[int, ...]:
+    """``(1, channels, *spatial)`` of an input the metadata allows (``16*n`` -> 64, ``*`` -> ``any_size``)."""
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    image = next(iter(meta["network_data_format"]["inputs"].values()))
+    spatial = _get_fake_spatial_shape(image["spatial_shape"], p=1, n=n, any=any_size)
+    return (1, int(image["num_channels"]), *spatial)
+
+
+def build_network(root: Path, config: str = NETWORK_CONFIG) -> torch.nn.Module:
+    """Instantiate ``network_def`` from a bundle's config, with ``bundle_root`` pointing at ``root``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(root / config)
+    parser["bundle_root"] = str(root)
+    with bundle_on_path(root):
+        return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The model's state dict from a checkpoint (plain, or ``{"model": ...}`` from ``CheckpointSaver``), read with
+    ``weights_only=True``; optimizer and trainer state are dropped, a DistributedDataParallel prefix removed."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{ckpt}: not a model state dict (a mapping of parameter names to tensors).")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
 
 
 def check_static(root: Path) -> list[str]:
@@ -80,12 +132,10 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {line[:300]}"
 
 
-def check_network(root: str | Path, config: str = "configs/inference.json") -> list[str]:
+def check_network(root: str | Path, config: str = NETWORK_CONFIG) -> list[str]:
     """Load the weights safely, run ``verify_net_in_out`` and compare TorchScript with PyTorch on a random input."""
     import torch  # torch and monai only here: the static checks stay quick and import nothing heavy
     from monai.bundle import verify_net_in_out
-
-    from common.export import build_network, example_input_shape, load_weights
 
     root = Path(root).resolve()
     meta = check_metadata(root / "configs" / "metadata.json", root / SCHEMA)

@@ -24,8 +24,10 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from common.bundle_archive import BundleError, make_zip, read_large_files, unpack, write_large_files
+from common.export import common_closure
 from common.verify import check_network, check_static
-from conftest import ROOT, check, config_list, load_module, monai_bundle, train_bundle
+from conftest import ROOT, check
+from synthetic.retinal import write_image
 
 # MONAI notes the retinal metadata's older key name whenever it reads it: expected here, not a problem
 pytestmark = pytest.mark.filterwarnings("ignore:Detected deprecated name 'optional_packages_version'")
@@ -34,7 +36,7 @@ BUNDLE = ROOT / "bundles" / "retinal_vessel_unet"
 NAME = BUNDLE.name
 VERSION = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
 ARCHIVE = f"{NAME}_v{VERSION}.zip"
-TRAINED_ON = "8 synthetic fundus photographs of about 128 px (scripts/synthetic.py, seed 7), 1 epoch"
+TRAINED_ON = "8 synthetic fundus photographs of about 128 px (python -m synthetic.demo retinal_vessel_unet --quick)"
 #: files every export must hold (among others)
 EXPECTED_FILES = (
     "configs/inference.json",
@@ -48,11 +50,10 @@ EXPECTED_FILES = (
     "models/model.ts",
     "large_files.yml",
     "common/__init__.py",
-    "common/export.py",
+    "common/transforms.py",
     "common/verify.py",
     "common/schemas/bundle_metadata_schema.json",
 )
-synthetic = load_module(BUNDLE / "scripts" / "synthetic.py", "retinal_synthetic_for_export_tests")
 
 
 def run(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -74,27 +75,12 @@ def refusal(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict:
-    """Train the retinal bundle for one epoch, evaluate it, export it with its metrics; return the paths."""
+def exported(quick_run, tmp_path_factory) -> dict:
+    """The retinal bundle's quick demo run (trained and evaluated) exported with its metrics; return the paths."""
+    demo = quick_run(NAME)
     work = tmp_path_factory.mktemp("export")
-    data = work / "data"
-    synthetic.write_dataset(str(data), num_train=10, num_test=2, size=128, seed=7)
-    trained = train_bundle(
-        BUNDLE, data, work, max_epochs=1, val_interval=1, num_workers=0, samples_per_image=2,
-        **{"train#dataloader#batch_size": 4},
-    )  # fmt: skip
-    check(
-        monai_bundle(
-            "run",
-            config_file=config_list(BUNDLE, "train.json", "evaluate.json"),
-            bundle_root=BUNDLE,
-            dataset_dir=data,
-            ckpt_path=trained["ckpt"],
-            output_dir=work / "eval",
-            num_workers=0,
-        )
-    )
-    metrics = work / "eval" / "metrics_summary.json"
+    trained = {"ckpt": demo.ckpt}
+    metrics = demo.out / "eval" / "metrics_summary.json"
     out = work / "out"
     log = check(
         run(
@@ -119,12 +105,9 @@ def test_export_writes_a_self_contained_bundle(exported):
         assert (root / path).is_file(), path
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")], "caches were exported"
-    repo_common = {
-        p.relative_to(ROOT).as_posix()
-        for p in (ROOT / "common").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-    }
-    assert {f for f in files if f.startswith("common/")} == repo_common
+    # only the modules the configs and scripts import (and the verifier), not the tools of this repository
+    assert {f for f in files if f.startswith("common/")} == set(common_closure(BUNDLE))
+    assert "common/export.py" not in files and "common/profile.py" not in files and "tooling.json" not in files
     assert (root / "configs" / "inference.json").read_bytes() == (BUNDLE / "configs" / "inference.json").read_bytes()
 
     source_meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -285,7 +268,7 @@ def test_isolated_environment_runs_the_exported_archive(exported, tmp_path):
 
     sizes = {"wide": (90, 150), "tall": (130, 70)}  # (height, width)
     for stem, (height, width) in sizes.items():
-        synthetic.write_image(str(inputs / f"{stem}.png"), height, width, seed=5)
+        write_image(str(inputs / f"{stem}.png"), height, width, seed=5)
     check(
         run(
             "-S", "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"),
@@ -349,20 +332,3 @@ def test_archive_with_unsafe_or_foreign_members_is_refused(tmp_path, member):
     with pytest.raises(BundleError, match="outside the bundle folder|one top-level bundle folder"):
         unpack(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.txt").exists()
-
-
-@pytest.mark.parametrize("name", ["liver_ct_unet3d", "lung_nodule_fcn3d", "cardiac_mr_fcn", "brain_tissue_cnn2d"])
-def test_every_bundle_exports_and_verifies(name, tmp_path):
-    """The other bundles (3D, slice-wise, patch CNN) export and pass every check, with freshly initialised weights."""
-    import torch
-
-    from common.export import build_network
-
-    bundle = ROOT / "bundles" / name
-    ckpt = tmp_path / "model.pt"
-    torch.save(build_network(bundle).state_dict(), ckpt)
-    check(
-        run("-m", "common.export", str(bundle.relative_to(ROOT)), "--out", str(tmp_path / "out"), "--ckpt", str(ckpt))
-    )
-    result = verify(tmp_path / "out" / name)
-    assert result.returncode == 0 and "verify_net_in_out passed" in result.stdout, result.stdout + result.stderr
