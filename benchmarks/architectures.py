@@ -1,11 +1,12 @@
 """Architecture benchmark: patch CNN, FCN, U-Net, FCN + RNN and U-Net + RNN on the same synthetic data, the same
 split and the same CPU wall-clock training budget, for two tasks, so that textbook claims become measured numbers.
 
-Tasks (data written by the bundles' own generators, preprocessed as the bundles' ``train.json`` do, kept in memory):
+Tasks (data written by the tasks' generators, ``synthetic.write_dataset``, preprocessed as the ``train.json`` of the
+bundle doing the task (``common.profile``: the bundle whose ``tooling.json`` names it) does, kept in memory):
 
-- ``retinal``: synthetic colour fundus photographs (``retinal_vessel_unet/scripts/synthetic.py``), RGB scaled to
+- ``retinal``: synthetic colour fundus photographs (``synthetic/retinal.py``), RGB scaled to
   0..1, two classes; Dice of the vessel class inside the field of view (FOV), per photograph, averaged.
-- ``cardiac``: synthetic short-axis MR stacks, ED and ES per subject (``cardiac_mr_fcn/scripts/synthetic.py``),
+- ``cardiac``: synthetic short-axis MR stacks, ED and ES per subject (``synthetic/cardiac.py``),
   resampled to 1.25 mm in-plane (slice spacing kept), percentile 1-99 scaled to 0..1; every slice is a 2D input.
   Dice per class (RV, myocardium, LV) of each frame's stacked slices, mean over the three classes and the frames.
 
@@ -39,6 +40,7 @@ and ``data_efficiency.png`` into ``output_dir``. Every field of :class:`Settings
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -48,7 +50,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,12 +73,13 @@ from monai.networks.utils import one_hot
 from monai.transforms import Compose
 from PIL import Image, ImageDraw, ImageFont
 
+import synthetic
 from common.networks import PatchCNN
-from common.runner import load_module
+from common.profile import BundleProfile, bundle_names, describe
 
-BUNDLES = ROOT / "bundles"
 ARCHITECTURES = ("patch_cnn", "fcn", "unet", "fcn_rnn", "unet_rnn")
-#: architecture -> (bundle, config files merged in order) whose ``network_def`` builds it
+#: architecture -> (bundle, config files merged in order) whose ``network_def`` builds it (the benchmark's design:
+#: each architecture is the one a bundle ships)
 NETWORK_CONFIGS = {
     "patch_cnn": ("brain_tissue_cnn2d", ("train.json",)),
     "fcn": ("cardiac_mr_fcn", ("train.json",)),
@@ -84,7 +87,6 @@ NETWORK_CONFIGS = {
     "fcn_rnn": ("cardiac_mr_fcn", ("train.json", "train_rnn.json")),
     "unet_rnn": ("retinal_vessel_unet", ("train.json", "train_rnn.json")),
 }
-TASK_BUNDLES = {"retinal": "retinal_vessel_unet", "cardiac": "cardiac_mr_fcn"}
 PAD_MULTIPLE = 16
 POSITIVE_FRACTION = 0.75  # share of dense crops centred on a foreground pixel (the bundles' pos 3 : neg 1)
 LEARNING_RATE = 1e-3
@@ -177,37 +179,52 @@ class Run:
 # ----------------------------------------------------------------------------------------------- bundle configs
 
 
-def _redirect_script_targets(node: Any, bundle: str) -> None:
-    """Point ``_target_: scripts.<module>.<name>`` entries at the bundle's script loaded under a unique name."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if isinstance(target, str) and target.startswith("scripts."):
-            _, module, name = target.split(".", 2)
-            alias = f"_bench_{bundle}_{module}"
-            load_module(BUNDLES / bundle / "scripts" / f"{module}.py", alias)
-            node["_target_"] = f"{alias}.{name}"
-        for value in node.values():
-            _redirect_script_targets(value, bundle)
-    elif isinstance(node, list):
-        for value in node:
-            _redirect_script_targets(value, bundle)
+def task_profile(task: str) -> BundleProfile:
+    """The profile of the bundle doing ``task`` (the first by name whose ``tooling.json`` names it)."""
+    for name in bundle_names():
+        p = describe(name)
+        if p.task == task:
+            return p
+    raise ValueError(f"no bundle does the task {task!r}")
 
 
-def bundle_config(bundle: str, files: Sequence[str] = ("train.json",)) -> ConfigParser:
-    """A bundle's configs merged in order, with its ``scripts.*`` targets importable."""
+def _drop_scripts() -> None:
+    """Forget every imported ``scripts`` package (each bundle's own code has that name)."""
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def bundle_code(root: Path) -> Iterator[None]:
+    """Inside the block, the bundle at ``root`` has its own code importable as ``scripts`` (its configs'
+    ``scripts.<module>`` targets); no other bundle's ``scripts`` is imported before or after it."""
+    _drop_scripts()
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        _drop_scripts()
+
+
+def bundle_content(
+    bundle: str, item: str, files: Sequence[str] = ("train.json",), values: dict[str, Any] | None = None
+) -> Any:
+    """The parsed ``item`` of a bundle's configs merged in order, with ``values`` set first (ids with ``#``)."""
+    root = describe(bundle).root
     parser = ConfigParser()
-    parser.read_config([str(BUNDLES / bundle / "configs" / f) for f in files])
-    _redirect_script_targets(parser.get(), bundle)
-    return parser
+    parser.read_config([str(root / "configs" / f) for f in files])
+    for key, value in (values or {}).items():
+        parser[key] = value
+    with bundle_code(root):
+        return parser.get_parsed_content(item, lazy=False)
 
 
 def build_network(architecture: str, in_channels: int, out_channels: int) -> nn.Module:
     """The ``network_def`` of the architecture's bundle config, with the task's input channels and classes."""
     bundle, files = NETWORK_CONFIGS[architecture]
-    parser = bundle_config(bundle, files)
-    parser["network_def#in_channels"] = in_channels
-    parser["network_def#out_channels"] = out_channels
-    return parser.get_parsed_content("network_def", lazy=False)
+    values = {"network_def#in_channels": in_channels, "network_def#out_channels": out_channels}
+    return bundle_content(bundle, "network_def", files, values)
 
 
 def count_parameters(network: nn.Module) -> int:
@@ -242,15 +259,19 @@ def load_cases(entries: Iterable[dict[str, str]], transform: Compose) -> list[Ca
 
 def retinal_data(s: Settings, data_dir: Path) -> TaskData:
     """Synthetic fundus photographs: training pool, test set, and test photographs at twice the size."""
-    synthetic = load_module(BUNDLES / "retinal_vessel_unet" / "scripts" / "synthetic.py", "_bench_retinal_synthetic")
-    small = synthetic.write_dataset(str(data_dir / "retinal"), s.retinal_train, s.retinal_test, s.retinal_size, s.seed)
-    large = synthetic.write_dataset(str(data_dir / "retinal_large"), 0, s.retinal_large, 2 * s.retinal_size, s.seed + 1)
-    transform = Compose(bundle_config(TASK_BUNDLES["retinal"]).get_parsed_content("preprocessing"))
+    small = synthetic.write_dataset(
+        "retinal", data_dir / "retinal", s.retinal_train, s.retinal_test, seed=s.seed, size=s.retinal_size
+    )
+    large = synthetic.write_dataset(
+        "retinal", data_dir / "retinal_large", 0, s.retinal_large, seed=s.seed + 1, size=2 * s.retinal_size
+    )
+    bundle = task_profile("retinal")
+    transform = Compose(bundle_content(bundle.name, "preprocessing"))
     note = f"{s.retinal_large} new photographs of about {2 * s.retinal_size} px (twice the training size)"
     return TaskData(
         name="retinal",
-        in_channels=3,
-        num_classes=2,
+        in_channels=len(bundle.channels),
+        num_classes=len(bundle.classes),
         crop=s.retinal_crop,
         target=s.retinal_target,
         train=load_cases(read_entries(small, "training"), transform),
@@ -273,19 +294,20 @@ def pad_case(case: Case, factor: float) -> Case:
 
 def cardiac_data(s: Settings, data_dir: Path) -> TaskData:
     """Synthetic short-axis stacks, one case per frame; the larger images are the test frames with a padded FOV."""
-    synthetic = load_module(BUNDLES / "cardiac_mr_fcn" / "scripts" / "synthetic.py", "_bench_cardiac_synthetic")
     path = synthetic.write_dataset(
-        str(data_dir / "cardiac"), s.cardiac_train_subjects, s.cardiac_test_subjects, s.cardiac_size, s.seed
-    )
-    transform = Compose(bundle_config(TASK_BUNDLES["cardiac"]).get_parsed_content("preprocessing"))
+        "cardiac", data_dir / "cardiac", s.cardiac_train_subjects, s.cardiac_test_subjects, seed=s.seed,
+        size=s.cardiac_size,
+    )  # fmt: skip
+    bundle = task_profile("cardiac")
+    transform = Compose(bundle_content(bundle.name, "preprocessing"))
     test = load_cases(read_entries(path, "test"), transform)
     large = [pad_case(c, s.cardiac_large_factor) for c in test]
     side = int(np.mean([c[0].label.shape for c in large]))
     note = f"the test frames zero-padded to {s.cardiac_large_factor:g}x the field of view (about {side} px)"
     return TaskData(
         name="cardiac",
-        in_channels=1,
-        num_classes=4,
+        in_channels=len(bundle.channels),
+        num_classes=len(bundle.classes),
         crop=s.cardiac_crop,
         target=s.cardiac_target,
         train=load_cases(read_entries(path, "training"), transform),
@@ -293,6 +315,10 @@ def cardiac_data(s: Settings, data_dir: Path) -> TaskData:
         large=large,
         large_note=note,
     )
+
+
+#: task -> its data loader (the benchmark's two tasks)
+TASK_DATA: dict[str, Callable[[Settings, Path], TaskData]] = {"retinal": retinal_data, "cardiac": cardiac_data}
 
 
 # ------------------------------------------------------------------------------------------------- sampling
@@ -429,7 +455,7 @@ def make_step(network: nn.Module, task: TaskData, cases: Sequence[Case], s: Sett
         loss_fn, batch_size = nn.CrossEntropyLoss(), s.patch_batch_size
     else:
         sampler = CropSampler(cases, task.crop, rng)
-        loss_fn, batch_size = bundle_config(TASK_BUNDLES[task.name]).get_parsed_content("loss"), s.batch_size
+        loss_fn, batch_size = bundle_content(task_profile(task.name).name, "loss"), s.batch_size
 
     def step() -> float:
         x, y = sampler.batch(batch_size)
@@ -792,7 +818,7 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     s = Settings(**{**(QUICK if quick else {}), **overrides})
     s.tasks, s.architectures = _as_tuple(s.tasks, str), _as_tuple(s.architectures, str)
     s.label_counts = _as_tuple(s.label_counts, int)
-    for values, valid, what in ((s.tasks, TASK_BUNDLES, "task"), (s.architectures, NETWORK_CONFIGS, "architecture")):
+    for values, valid, what in ((s.tasks, TASK_DATA, "task"), (s.architectures, NETWORK_CONFIGS, "architecture")):
         for v in values:
             if v not in valid:
                 raise ValueError(f"unknown {what} {v!r}; valid: {sorted(valid)}")
@@ -805,7 +831,7 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
 
 def load_task(name: str, s: Settings, data_dir: Path) -> TaskData:
     """Generate and load one task's data."""
-    return retinal_data(s, data_dir) if name == "retinal" else cardiac_data(s, data_dir)
+    return TASK_DATA[name](s, data_dir)
 
 
 def main(output_dir: str, quick: bool = False, **settings: Any) -> str:

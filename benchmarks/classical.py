@@ -1,12 +1,14 @@
 """Classical baselines against the trained bundles: threshold, region growing and edge-based segmentation
 (``benchmarks/classical_methods.py``) and each bundle's network, on the same held-out synthetic test cases.
 
-For every task (``retinal``, ``cardiac``, ``liver``, ``lung``, ``brain``):
+For every task that has classical methods (``classical_methods.CLASSES``: ``retinal``, ``cardiac``, ``liver``,
+``lung``, ``brain``), with the bundle whose ``tooling.json`` names that task (``common.profile``; a bundle whose task
+has no classical method is not benchmarked):
 
-1. the bundle's synthetic data set is written with its own ``scripts/synthetic.py`` ``write_dataset`` into
-   ``OUT/<task>/data`` (sizes as in the bundle's ``demo.py``), unless ``--data_dir`` names a folder for the task (any
-   Decathlon-style ``dataset.json`` with ``training`` and ``test`` lists, e.g. a user's own data prepared with the
-   bundle's ``prepare_*.py``);
+1. the task's synthetic data set is written with its generator (``python -m synthetic TASK``,
+   ``synthetic.write_dataset``) into ``OUT/<task>/data`` (sizes: ``--data``), unless ``--data_dir`` names a folder
+   for the task (any Decathlon-style ``dataset.json`` with ``training`` and ``test`` lists, e.g. a user's own data
+   prepared with the bundle's ``prepare_*.py``);
 2. a checkpoint is taken from ``--ckpt`` (``{task: path}``) or ``--ckpt_dir`` (``<dir>/<task>/models/model.pt``),
    otherwise the bundle is trained with its own ``train.json`` (``common.runner.run_bundle``, exactly as users
    type it) for the task's number of epochs (``--epochs``);
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -50,31 +53,42 @@ for path in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(path))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see architectures.py: spinning OpenMP threads on shared cores
 
+import classical_methods as cm
 import fire
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-import classical_methods as cm
-from common.runner import load_module, run_bundle
+import synthetic
+from common.profile import BundleProfile, bundle_names, describe
+from common.runner import run_bundle
 from common.tables import write_csv_atomic
 
-BUNDLES = ROOT / "bundles"
-TASK_BUNDLES = {
-    "retinal": "retinal_vessel_unet",
-    "cardiac": "cardiac_mr_fcn",
-    "liver": "liver_ct_unet3d",
-    "lung": "lung_nodule_fcn3d",
-    "brain": "brain_tissue_cnn2d",
-}
-#: the bundle's per-case metrics.csv column holding each class's Dice
-METRIC_COLUMNS = {
-    "retinal": {"vessel": "dice"},
-    "cardiac": {"rv": "dice_rv", "myo": "dice_myo", "lv": "dice_lv"},
-    "liver": {"liver": "dice_liver", "tumour": "dice_tumour"},
-    "lung": {"nodule": "dice"},
-    "brain": {"csf": "dice_csf", "gm": "dice_gm", "wm": "dice_wm"},
-}
+
+def task_profiles() -> dict[str, BundleProfile]:
+    """Task -> the profile of the bundle doing it, for the tasks that have classical methods, in
+    ``classical_methods.CLASSES`` order (the first bundle by name where several share a task)."""
+    found: dict[str, BundleProfile] = {}
+    for name in bundle_names():
+        p = describe(name)
+        found.setdefault(p.task, p)
+    return {task: found[task] for task in cm.CLASSES if task in found}
+
+
+#: task -> the profile of its bundle (only tasks with classical methods)
+TASK_PROFILES = task_profiles()
+#: task -> bundle name
+TASK_BUNDLES = {task: p.name for task, p in TASK_PROFILES.items()}
+
+
+@functools.cache
+def metric_columns(task: str) -> dict[str, str]:
+    """Class name -> the column of the bundle's per-case ``metrics.csv`` holding its Dice (the profile's
+    ``dice_keys`` by the class's label index)."""
+    keys = TASK_PROFILES[task].dice_keys
+    return {name: keys[index] for name, index in cm.CLASSES[task].items()}
+
+
 NETWORK = "network"
 METHODS = (NETWORK, *cm.METHODS)
 COLOURS = {NETWORK: "#1f77b4", "threshold": "#ff7f0e", "region_growing": "#2ca02c", "edge": "#d62728"}
@@ -84,12 +98,12 @@ COLOURS = {NETWORK: "#1f77b4", "threshold": "#ff7f0e", "region_growing": "#2ca02
 class Settings:
     """Everything a run depends on; each field is a command-line option."""
 
-    tasks: tuple[str, ...] = cm.TASKS
+    tasks: tuple[str, ...] = tuple(TASK_BUNDLES)
     #: training epochs per task (sized for about 3-4 minutes per bundle on 2 CPU cores)
     epochs: dict[str, int] = field(
         default_factory=lambda: {"retinal": 200, "cardiac": 15, "liver": 25, "lung": 20, "brain": 40}
     )
-    #: write_dataset arguments per task (the bundles' demo.py sizes)
+    #: synthetic.write_dataset arguments per task (sized like the full demos; options a generator lacks are dropped)
     data: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "retinal": {"num_train": 24, "num_test": 6, "size": 320},
@@ -192,7 +206,7 @@ def read_metrics(path: Path, task: str) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         scores = {}
-        for name, column in METRIC_COLUMNS[task].items():
+        for name, column in metric_columns(task).items():
             value = row.get(column, "")
             scores[name] = float(value) if value not in ("", None) else math.nan
         out.append({"case": row["case"], "scores": scores})
@@ -229,12 +243,11 @@ def prepare_data(task: str, s: Settings, out: Path) -> Path:
     if (root / "dataset.json").is_file():
         print(f"[{task}] reusing the data set in {root}", flush=True)
         return root
-    synthetic = load_module(BUNDLES / TASK_BUNDLES[task] / "scripts" / "synthetic.py", f"_classical_{task}_synth")
     kwargs = dict(s.data.get(task, {}))
-    accepted = inspect.signature(synthetic.write_dataset).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    accepted = inspect.signature(synthetic.generator(task).write_dataset).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted and k != "seed"}
     print(f"[{task}] writing synthetic data {kwargs} to {root}", flush=True)
-    synthetic.write_dataset(str(root), seed=s.seed, **kwargs)
+    synthetic.write_dataset(task, root, seed=s.seed, **kwargs)
     return root
 
 
@@ -249,7 +262,7 @@ def checkpoint(task: str, s: Settings, out: Path, data: Path) -> tuple[Path, flo
     print(f"[{task}] training {TASK_BUNDLES[task]} for {epochs} epochs", flush=True)
     start = time.time()
     run_bundle(
-        BUNDLES / TASK_BUNDLES[task], ["train.json"], dataset_dir=data, ckpt_path=ckpt,
+        TASK_PROFILES[task].root, ["train.json"], dataset_dir=data, ckpt_path=ckpt,
         output_dir=out / task / "train", max_epochs=epochs, val_interval=max(1, epochs // 5),
         num_workers=s.num_workers, **s.overrides.get(task, {}),
     )  # fmt: skip
@@ -261,7 +274,7 @@ def evaluate_network(task: str, s: Settings, out: Path, data: Path, ckpt: Path) 
     eval_dir = out / task / "eval"
     start = time.time()
     run_bundle(
-        BUNDLES / TASK_BUNDLES[task], ["train.json", "evaluate.json"], dataset_dir=data, ckpt_path=ckpt,
+        TASK_PROFILES[task].root, ["train.json", "evaluate.json"], dataset_dir=data, ckpt_path=ckpt,
         output_dir=eval_dir, num_workers=s.num_workers, **s.overrides.get(task, {}),
     )  # fmt: skip
     return read_metrics(eval_dir / "metrics.csv", task), time.time() - start

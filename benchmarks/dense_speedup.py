@@ -3,13 +3,15 @@
 Both run the same trained weights on the same slice: the dense pass once over the whole slice, the patch-by-patch
 way by cutting the ``patch_size`` x ``patch_size`` patch centred on every pixel (zero-padded at the border, as in
 dense mode) and classifying them in batches. Prints the times, the speed-up and the largest difference between
-the two score maps, and returns them. Run from the repository root::
+the two score maps, and returns them. Run from the repository root (``--ckpt_path``: a trained brain-tissue patch
+CNN's ``model.pt``; without it, fresh weights, which cost the same)::
 
-    python bundles/brain_tissue_cnn2d/scripts/dense_speedup.py --ckpt_path models/model.pt --size 256
+    python benchmarks/dense_speedup.py --ckpt_path RUN/models/model.pt --size 256
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,11 @@ import fire
 import torch
 import torch.nn.functional as F
 
-from common.networks import PatchCNN
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.networks import PatchCNN  # noqa: E402
 
 
 def patch_by_patch(network: PatchCNN, image: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Measure the effect of the liver bundle's network choice: the same data, configs and epochs, only ``network_def``
 changes. Every run is the bundle run as a user types it (train, then evaluate on the test split).
 
-    python bundles/liver_ct_unet3d/scripts/compare_networks.py --output_dir runs/liver_networks --max_epochs 60
+    python benchmarks/liver_networks.py --output_dir runs/liver_networks --max_epochs 60
 
 Writes ``networks.md`` and ``networks.csv`` (Dice, HD95, lesion detection, training time, parameters) in
 ``output_dir``.
@@ -17,11 +17,17 @@ from pathlib import Path
 
 import fire
 
-BUNDLE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(BUNDLE))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
+from common.profile import bundle_names, describe  # noqa: E402
 from common.runner import run_bundle  # noqa: E402
-from scripts.synthetic import write_dataset  # noqa: E402
+from synthetic import write_dataset  # noqa: E402
+
+TASK = "liver"
+#: the bundle doing the liver task (its ``tooling.json`` names the task)
+BUNDLE = next(describe(name).root for name in bundle_names() if describe(name).task == TASK)
 
 #: ``network_def`` of each variant; ``residual_unet`` is the bundle's own (``configs/train.json``)
 VARIANTS: dict[str, dict | None] = {
@@ -65,7 +71,7 @@ def main(
     out = Path(output_dir).resolve()
     data = Path(dataset_dir).resolve() if dataset_dir else out / "data"
     if not (data / "dataset.json").is_file():
-        write_dataset(str(data), num_train, num_test, 160, seed)
+        write_dataset(TASK, data, num_train, num_test, seed, size=160)
     rows = []
     for name in variants.split(",") if isinstance(variants, str) else variants:
         run = out / name

@@ -1,6 +1,14 @@
 """Speed and memory benchmark of every bundle on this machine: inference overhead, training throughput, peak memory.
 
-Three measurements per bundle, each on data written by the bundle's own generator (``scripts/synthetic.py``):
+Three measurements per bundle (every folder of ``bundles/`` with a ``tooling.json``), each on data written by the
+generator of the bundle's task (``synthetic.<task>``: ``write_inputs`` for unlabelled inference inputs,
+``write_dataset`` for training data) with the generator options of the ``speed`` section of the bundle's
+``tooling.json`` (read through ``common.profile``)::
+
+    "speed": {"infer": {options of the inference inputs}, "train": {options of the training set, "num_train"
+              optionally replacing --train_cases}, "memory": {options of the largest realistic input, "what": its
+              description}, "quick": {"infer": {...}, "train": {...} (on top of the full ones), "overrides":
+              {config overrides of the quick mode: coarse spacings, small windows}}}
 
 - **Inference overhead.** ``inference.json`` is parsed with ``monai.bundle.ConfigParser`` and run in-process on a
   folder of images, end to end: dataset construction (reading, checking, preprocessing), sliding-window or
@@ -18,19 +26,19 @@ Three measurements per bundle, each on data written by the bundle's own generato
   saving off in both arms (the learning-rate scheduler kept). Samples (crops or patches: the first dimension of
   each batch) per second over the epochs after the first; the cache building time is reported separately.
 - **Peak memory.** ``python -m monai.bundle run --config_file bundles/<b>/configs/inference.json ...`` exactly as a
-  user types it, in a child process, on the largest realistic input of each bundle (512x512x300 CT at
-  0.78x0.78x1.5 mm, a 2048x2048 fundus photograph, a 512x512 cine stack, three 256x256x180 MR modalities); its
-  peak resident memory (``ru_maxrss`` from ``os.wait4``) and wall time.
+  user types it, in a child process, on the largest realistic input of each bundle (its ``speed.memory``, e.g.
+  512x512x300 CT at 0.78x0.78x1.5 mm, a 2048x2048 fundus photograph, a 512x512 cine stack, three 256x256x180 MR
+  modalities); its peak resident memory (``ru_maxrss`` from ``os.wait4``) and wall time.
 
-Each bundle runs in its own child process (every bundle imports its own code as the package ``scripts``, and
-torch's thread settings must be made before its first operation). Weights: ``--ckpt_dir`` holding
+Each bundle runs in its own child process (every bundle's configs import its own code as the package ``scripts``,
+and torch's thread settings must be made before its first operation). Weights: ``--ckpt_dir`` holding
 ``<bundle>/models/model.pt`` (trained checkpoints); without it the freshly initialised network is saved and used,
 which the report says (the network's cost does not depend on its weights; post-processing such as keeping the
 largest component may).
 
 Command line (``--quick``: small inputs and coarse spacings, a smoke test for CI in about two minutes)::
 
-    python benchmarks/speed.py --output_dir OUT [--quick] [--bundles liver_ct_unet3d,retinal_vessel_unet]
+    python benchmarks/speed.py --output_dir OUT [--quick] [--bundles liver_ct_unet3d,retinal (names or tasks)]
         [--ckpt_dir DIR] [--device cuda:0] [--threads 2] [--data_dir DIR] [--profile]
 
 Writes ``inference.csv``, ``inference_breakdown.csv``, ``training.csv``, ``memory.csv``, ``results.md`` and
@@ -42,6 +50,7 @@ from __future__ import annotations
 import collections
 import cProfile
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -66,84 +75,48 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import fire
-import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 
+import synthetic
+from common.profile import BundleProfile, bundle_names, describe
 from common.tables import write_csv_atomic
 
-BUNDLES = ROOT / "bundles"
-ALL_BUNDLES = ("retinal_vessel_unet", "cardiac_mr_fcn", "liver_ct_unet3d", "lung_nodule_fcn3d", "brain_tissue_cnn2d")
-SHORT = {
-    "retinal_vessel_unet": "retinal",
-    "cardiac_mr_fcn": "cardiac",
-    "liver_ct_unet3d": "liver",
-    "lung_nodule_fcn3d": "lung",
-    "brain_tissue_cnn2d": "brain",
-}
 INFERENCE_TARGET = 1.25  # end-to-end / bare forward, at most
 TRAINING_TARGET = 1.5  # samples per second of train.json / the plain reference, at least
-#: coarse spaces and small windows for the quick mode (as the bundles' tests use), per bundle: config overrides
-QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
-    "liver_ct_unet3d": {"target_spacing": [4.0, 4.0, 6.0], "roi_size": [48, 48, 32]},
-    "lung_nodule_fcn3d": {"target_spacing": [4.0, 4.0, 4.0], "roi_size": [32, 32, 32]},
-    "brain_tissue_cnn2d": {"patches_per_volume": 64},
-    "cardiac_mr_fcn": {"slices_per_volume": 4},
-}
+SPEED_KINDS = ("infer", "train", "memory")  # the generator-option sections of a bundle's ``speed``
 
 
 @dataclass
 class Settings:
-    """Everything a run depends on; each field is a command-line option (sizes in pixels)."""
+    """Everything a run depends on; each field is a command-line option (the sizes of the generated data are the
+    bundles' own, from the ``speed`` section of their ``tooling.json``)."""
 
-    bundles: tuple[str, ...] = ALL_BUNDLES
+    bundles: tuple[str, ...] = field(default_factory=lambda: tuple(bundle_names()))  # bundle or task names
     threads: int = 2  # torch.set_num_threads in the measuring processes
     device: str = "cpu"
     ckpt_dir: str | None = None  # holds <bundle>/models/model.pt; None: untrained (freshly initialised) weights
     data_dir: str | None = None  # where the synthetic data is written (and kept); None: a temporary folder
     seed: int = 0
     profile: bool = False  # also print cProfile's top functions of a second, profiled end-to-end inference run
-    # inference ratio: a folder of this many cases per bundle, of these sizes
+    # inference ratio: a folder of this many cases per bundle (generator options: ``speed.infer``)
     infer_cases: int = 2
-    retinal_size: int = 1024  # photograph side
-    cardiac_size: int | None = None  # in-plane voxels; None: the generator's own (about 190-250 mm at 1.3-1.9 mm)
-    ct_size: int = 256  # liver and lung CT in-plane voxels (the generator picks spacing and slices)
-    brain_size: int | None = None  # in-plane voxels; None: the generator's own (96-128)
-    # training throughput
+    # training throughput (generator options: ``speed.train``)
     training: bool = True  # measure it (False: inference and memory only)
-    train_cases: int = 6  # cases written per bundle (the bundle holds out its validation fraction)
+    train_cases: int = 6  # cases written per bundle (the bundle holds out its validation fraction), unless its
+    # ``speed.train`` sets ``num_train`` (e.g. a cardiac subject gives two frames)
     train_epochs: int = 4  # per arm; the first is excluded from the rate
-    retinal_train_size: int = 320
-    ct_train_size: int = 160
-    # peak memory: the largest realistic input per bundle
+    # peak memory: the largest realistic input per bundle (generator options: ``speed.memory``)
     memory: bool = True
-    memory_ct_size: int = 512
-    memory_ct_slices: int = 300
-    memory_ct_spacing: tuple[float, ...] = (0.78, 0.78, 1.5)
-    memory_retinal_size: int = 2048
-    memory_cardiac_size: int = 512
-    memory_brain_size: int = 256
-    memory_brain_slices: int = 180
     memory_timeout_s: float = 3600.0
-    #: config overrides per bundle (``{bundle: {id: value}}``) applied to every measurement; quick mode sets coarse ones
+    #: config overrides per bundle (``{bundle or task: {id: value}}``) applied to every measurement; quick mode adds
+    #: each bundle's ``speed.quick.overrides`` (coarse spacings, small windows) under them
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    quick: bool = False  # small inputs everywhere; the memory run reuses the inference folder
+    quick: bool = False  # small inputs everywhere (``speed.quick``); the memory run reuses the inference folder
 
 
-QUICK = {
-    "infer_cases": 1,
-    "retinal_size": 256,
-    "cardiac_size": 96,
-    "ct_size": 64,
-    "brain_size": 64,
-    "train_cases": 3,
-    "train_epochs": 2,
-    "retinal_train_size": 128,
-    "ct_train_size": 64,
-    "overrides": QUICK_OVERRIDES,
-    "quick": True,
-}
+QUICK = {"infer_cases": 1, "train_cases": 3, "train_epochs": 2, "quick": True}
 
 
 def _as_tuple(value: Any, kind: type) -> tuple:
@@ -155,6 +128,42 @@ def _as_tuple(value: Any, kind: type) -> tuple:
     return tuple(kind(v.strip() if isinstance(v, str) else v) for v in value)
 
 
+@functools.cache
+def profile(bundle: str) -> BundleProfile:
+    """The profile of a bundle (``tooling.json`` and ``metadata.json``), read once per process."""
+    return describe(bundle)
+
+
+def bundle_name(name: str) -> str:
+    """The bundle called ``name``, or the first bundle whose task is ``name``; a ``ValueError`` if there is none."""
+    names = bundle_names()
+    if name in names:
+        return name
+    for bundle in names:
+        if profile(bundle).task == name:
+            return bundle
+    tasks = sorted({profile(b).task for b in names})
+    raise ValueError(f"unknown bundle {name!r}; valid: {names} or their tasks {tasks}")
+
+
+def speed_section(bundle: str) -> dict[str, Any]:
+    """The ``speed`` section of a bundle's ``tooling.json``; a ``ValueError`` naming the file if it has none."""
+    section = profile(bundle).extra.get("speed")
+    if not isinstance(section, dict):
+        raise ValueError(f"{profile(bundle).root / 'tooling.json'}: no 'speed' section (see benchmarks/speed.py)")
+    return section
+
+
+def generator_options(bundle: str, kind: str, quick: bool) -> dict[str, Any]:
+    """The generator options of ``kind`` (``infer``, ``train`` or ``memory``) from the bundle's ``speed`` section,
+    its ``quick`` ones on top in quick mode."""
+    section = speed_section(bundle)
+    options = dict(section.get(kind, {}))
+    if quick:
+        options.update(section.get("quick", {}).get(kind, {}))
+    return options
+
+
 def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     """Settings from the defaults, the quick preset and the command-line overrides, checked."""
     names = {f.name for f in dataclasses.fields(Settings)}
@@ -162,17 +171,19 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown settings {unknown}; valid: {sorted(names)}")
     s = Settings(**{**(QUICK if quick else {}), **overrides})
-    s.bundles = tuple(SHORT_TO_BUNDLE.get(b, b) for b in _as_tuple(s.bundles, str))
-    s.memory_ct_spacing = _as_tuple(s.memory_ct_spacing, float)
+    s.bundles = tuple(bundle_name(b) for b in _as_tuple(s.bundles, str))
+    given = {bundle_name(b): dict(values) for b, values in s.overrides.items()}
+    s.overrides = {}
     for b in s.bundles:
-        if b not in ALL_BUNDLES:
-            raise ValueError(f"unknown bundle {b!r}; valid: {list(ALL_BUNDLES)} or {list(SHORT.values())}")
+        quick_overrides = speed_section(b).get("quick", {}).get("overrides", {}) if s.quick else {}
+        s.overrides[b] = {**quick_overrides, **given.get(b, {})}
+        for kind in SPEED_KINDS:
+            options = speed_section(b).get(kind)
+            if not isinstance(options, dict):
+                raise ValueError(f"{profile(b).root / 'tooling.json'}: speed.{kind} must map generator options")
     if s.train_epochs < 2:
         raise ValueError("train_epochs must be at least 2: the first epoch is excluded from the rate")
     return s
-
-
-SHORT_TO_BUNDLE = {v: k for k, v in SHORT.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,75 +354,34 @@ def peak_rss_of(cmd: Sequence[str], log_path: Path, timeout_s: float, env: dict[
 # data
 
 
-def _bundle_scripts(bundle: str) -> Any:
-    """Import this bundle's ``scripts.synthetic`` (the child process holds one bundle's ``scripts`` only)."""
-    root = str(BUNDLES / bundle)
+def use_bundle_code(bundle: str) -> None:
+    """Make the bundle's own code importable as ``scripts`` (its configs' ``scripts.<module>`` targets); the child
+    process measuring a bundle holds that bundle's ``scripts`` package only."""
+    root = str(profile(bundle).root)
     if root not in sys.path:
         sys.path.insert(0, root)
     for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
         del sys.modules[name]  # another bundle's scripts package
-    import importlib
-
-    return importlib.import_module("scripts.synthetic")
 
 
-def _brain_subject(syn: Any, folder: Path, name: str, seed: int, size: int | None, slices: int | None) -> None:
-    """One subject's modality files ``<name>_000c.nii.gz``; with ``slices``, the stack interpolated to that many."""
-    from scipy.ndimage import zoom
-
-    from common.data import save_nifti
-
-    images, _, affine = syn.generate_subject(seed, size)
-    if slices:
-        factor = slices / images[0].shape[2]
-        images = [zoom(im, (1, 1, factor), order=1).astype(np.float32) for im in images]
-        affine = affine.copy()
-        affine[:3, 2] /= factor
-    for c, image in enumerate(images):
-        save_nifti(image, affine, folder / f"{name}_{c:04d}.nii.gz")
-
-
-def write_inputs(
-    bundle: str,
-    folder: Path,
-    count: int,
-    seed: int,
-    size: int | None,
-    slices: int | None = None,
-    spacing: Sequence[float] | None = None,
-) -> Path:
-    """Write ``count`` unlabelled inference inputs of one bundle into ``folder`` (its generator, its formats)."""
+def write_inputs(bundle: str, folder: Path, count: int, seed: int, options: dict[str, Any]) -> Path:
+    """Write ``count`` unlabelled inference inputs of a bundle into ``folder`` with its task's generator
+    (``write_inputs``, the bundle's input format) and ``options``; a folder that already holds files is kept."""
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
-        return folder  # written by an earlier run (into --data_dir)
-    syn = _bundle_scripts(bundle)
-    labels = folder.parent / f".{folder.name}_labels"
-    for i in range(count):
-        if bundle == "retinal_vessel_unet":
-            syn.write_image(str(folder / f"fundus_{i:03d}.png"), size, size, seed=seed + i)
-        elif bundle == "cardiac_mr_fcn":
-            for entry in syn.write_subject(labels, "Ts", f"subject{i:03d}", seed + i, size):
-                shutil.move(str(labels / entry["image"]), folder / Path(entry["image"]).name)
-        elif bundle in ("liver_ct_unet3d", "lung_nodule_fcn3d"):
-            orientation = "RAS" if i % 2 == 0 else "LPS"
-            kwargs = {"num_slices": slices, "spacing": list(spacing) if spacing else None, "orientation": orientation}
-            entry = syn.write_case(labels, "Ts", f"ct_{i:03d}", seed + i, size=size, **kwargs)
-            shutil.move(str(labels / entry["image"]), folder / Path(entry["image"]).name)
-        else:
-            _brain_subject(syn, folder, f"subject{i:03d}", seed + i, size, slices)
-    shutil.rmtree(labels, ignore_errors=True)
+        return folder  # written by an earlier run (into --data_dir), or the user's own inputs
+    synthetic.generator(profile(bundle).task).write_inputs(folder, count, seed, **options)
     return folder
 
 
-def write_training_data(bundle: str, folder: Path, count: int, size: int | None, seed: int) -> Path:
-    """A labelled data set of ``count`` cases (``dataset.json``) written by the bundle's ``write_dataset``."""
+def write_training_data(bundle: str, folder: Path, count: int, seed: int, options: dict[str, Any]) -> Path:
+    """A labelled data set (``dataset.json``) of ``count`` cases, or the options' ``num_train``, written by the
+    task's ``write_dataset``; a folder that already holds a ``dataset.json`` is kept."""
     if (folder / "dataset.json").is_file():
         return folder
-    syn = _bundle_scripts(bundle)
-    if bundle == "cardiac_mr_fcn":  # two frames (ED, ES) per subject
-        syn.write_dataset(str(folder), num_train=max(2, (count + 1) // 2), num_test=0, size=size, seed=seed)
-    else:
-        syn.write_dataset(str(folder), num_train=count, num_test=0, size=size, seed=seed)
+    options = dict(options)
+    num_train = int(options.pop("num_train", count))
+    synthetic.write_dataset(profile(bundle).task, folder, num_train=num_train, num_test=0, seed=seed, **options)
     return folder
 
 
@@ -424,8 +394,8 @@ def parse_bundle(bundle: str, configs: Sequence[str], values: dict[str, Any]) ->
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLES / bundle / "configs" / name) for name in configs])
-    parser["bundle_root"] = str(BUNDLES / bundle)
+    parser.read_config([str(profile(bundle).config(name)) for name in configs])
+    parser["bundle_root"] = str(profile(bundle).root)
     for key, value in values.items():
         parser[key] = value
     return parser
@@ -588,20 +558,14 @@ def worker(spec_path: str) -> None:
     s = make_settings(**spec["settings"])
     bundle, work, data = spec["bundle"], Path(spec["work"]), Path(spec["data"])
     torch.set_num_threads(s.threads)
-    _bundle_scripts(bundle)  # the bundle's configs import its code as ``scripts``
-    log = lambda msg: print(f"[{SHORT[bundle]} {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    use_bundle_code(bundle)  # the bundle's configs import its code as ``scripts``
+    log = lambda msg: print(f"[{profile(bundle).task} {time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     result: dict[str, Any] = {"bundle": bundle}
     ckpt, weights = checkpoint_for(bundle, s, work)
     result["weights"] = weights
-    sizes = {
-        "retinal_vessel_unet": s.retinal_size,
-        "cardiac_mr_fcn": s.cardiac_size,
-        "liver_ct_unet3d": s.ct_size,
-        "lung_nodule_fcn3d": s.ct_size,
-        "brain_tissue_cnn2d": s.brain_size,
-    }
-    log(f"writing {s.infer_cases} inference input(s)")
-    inputs = write_inputs(bundle, data / "infer_inputs", s.infer_cases, s.seed + 1000, sizes[bundle])
+    options = generator_options(bundle, "infer", s.quick)
+    log(f"writing {s.infer_cases} inference input(s), generator options {options}")
+    inputs = write_inputs(bundle, data / "infer_inputs", s.infer_cases, s.seed + 1000, options)
     out = work / "infer_out"
     shutil.rmtree(out, ignore_errors=True)
     log("inference, end to end, forward calls recorded")
@@ -613,15 +577,10 @@ def worker(spec_path: str) -> None:
     )
     for row in sorted(r["breakdown"], key=lambda b: -b["seconds"])[:8]:
         log(f"    {row['seconds']:8.3f} s  {row['stage']}: {row['step']}")
-    train_sizes = {
-        "retinal_vessel_unet": s.retinal_train_size,
-        "cardiac_mr_fcn": s.cardiac_size,
-        "liver_ct_unet3d": s.ct_train_size,
-        "lung_nodule_fcn3d": s.ct_train_size,
-        "brain_tissue_cnn2d": s.brain_size,
-    }
     if s.training:
-        train_data = write_training_data(bundle, data / "train_data", s.train_cases, train_sizes[bundle], s.seed)
+        options = generator_options(bundle, "train", s.quick)
+        log(f"writing the training data, generator options {options}")
+        train_data = write_training_data(bundle, data / "train_data", s.train_cases, s.seed, options)
     result["training"] = {}
     for arm, reference in (("bundle", False), ("reference", True)) if s.training else ():
         log(f"training throughput, {arm} arm, {s.train_epochs} epochs")
@@ -639,24 +598,12 @@ def worker(spec_path: str) -> None:
 
 
 def memory_inputs(bundle: str, s: Settings, data: Path) -> tuple[Path, str]:
-    """The largest realistic input of a bundle (written once), and its description."""
+    """The largest realistic input of a bundle (``speed.memory``, written once), and its description."""
     if s.quick:
         return data / "infer_inputs", "the quick inference input"
-    folder = data / "memory_input"
-    if bundle in ("liver_ct_unet3d", "lung_nodule_fcn3d"):
-        sp = "x".join(f"{v:g}" for v in s.memory_ct_spacing)
-        what = f"{s.memory_ct_size}x{s.memory_ct_size}x{s.memory_ct_slices} CT at {sp} mm"
-        write_inputs(bundle, folder, 1, s.seed + 2000, s.memory_ct_size, s.memory_ct_slices, s.memory_ct_spacing)
-    elif bundle == "retinal_vessel_unet":
-        what = f"{s.memory_retinal_size}x{s.memory_retinal_size} RGB photograph"
-        write_inputs(bundle, folder, 1, s.seed + 2000, s.memory_retinal_size)
-    elif bundle == "cardiac_mr_fcn":
-        what = f"one subject (ED and ES stacks), {s.memory_cardiac_size}x{s.memory_cardiac_size} in-plane"
-        write_inputs(bundle, folder, 1, s.seed + 2000, s.memory_cardiac_size)
-    else:
-        what = f"3 modalities of {s.memory_brain_size}x{s.memory_brain_size}x{s.memory_brain_slices}"
-        write_inputs(bundle, folder, 1, s.seed + 2000, s.memory_brain_size, s.memory_brain_slices)
-    return folder, what
+    options = generator_options(bundle, "memory", s.quick)
+    what = str(options.pop("what", f"{profile(bundle).task} input {options}"))
+    return write_inputs(bundle, data / "memory_input", 1, s.seed + 2000, options), what
 
 
 def _cli_value(value: Any) -> str:
@@ -665,7 +612,7 @@ def _cli_value(value: Any) -> str:
 
 def measure_memory(bundle: str, s: Settings, data: Path, work: Path, ckpt: Path) -> dict[str, Any]:
     """``python -m monai.bundle run`` of ``inference.json`` on the largest input: peak RSS and wall time."""
-    if not s.quick:  # write the input in a child too (the bundle's own ``scripts``), not counted in the run
+    if not s.quick:  # write the input in a child: a child's ru_maxrss starts from its parent's peak, kept small
         subprocess.run(
             [sys.executable, __file__, "__memory_input__", bundle, json.dumps(_settings_dict(s)), str(data)],
             cwd=ROOT,
@@ -674,9 +621,9 @@ def measure_memory(bundle: str, s: Settings, data: Path, work: Path, ckpt: Path)
     folder, what = memory_inputs(bundle, s, data)  # written above: returns at once
     out = work / "memory_out"
     shutil.rmtree(out, ignore_errors=True)
-    config = BUNDLES / bundle / "configs"
+    config = profile(bundle).root / "configs"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config / "inference.json")]
-    cmd += ["--bundle_root", str(BUNDLES / bundle), "--input_dir", str(folder), "--output_dir", str(out)]
+    cmd += ["--bundle_root", str(profile(bundle).root), "--input_dir", str(folder), "--output_dir", str(out)]
     cmd += ["--ckpt_path", str(ckpt), "--logging_file", str(config / "logging.conf")]
     if s.device != "cpu":
         cmd += ["--device", f"$torch.device('{s.device}')"]
@@ -834,10 +781,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def draw_chart(path: Path, infer: list[dict], train: list[dict], memory: list[dict]) -> None:
     """Three bar panels: inference ratio (target line), training speed-up (target line), peak RSS."""
+    short = lambda row: profile(row["bundle"]).task  # noqa: E731 - bars are labelled with the task
     panels = [
-        ("inference: end to end / bare forward", {SHORT[r["bundle"]]: r["ratio"] for r in infer}, INFERENCE_TARGET),
-        ("training: bundle / reference samples/s", {SHORT[r["bundle"]]: r["speedup"] for r in train}, TRAINING_TARGET),
-        ("inference peak RSS, GiB", {SHORT[r["bundle"]]: r["peak_rss_mib"] / 1024 for r in memory}, None),
+        ("inference: end to end / bare forward", {short(r): r["ratio"] for r in infer}, INFERENCE_TARGET),
+        ("training: bundle / reference samples/s", {short(r): r["speedup"] for r in train}, TRAINING_TARGET),
+        ("inference peak RSS, GiB", {short(r): r["peak_rss_mib"] / 1024 for r in memory}, None),
     ]
     width, height, margin = 1260, 420, 50
     image = Image.new("RGB", (width, height), "white")

@@ -13,6 +13,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from pydicom.misc import is_dicom
 
 from common.tables import write_json_atomic
 
@@ -111,8 +112,7 @@ def is_dicom_file(path: Path) -> bool:
     if path.suffix.lower() == ".dcm":
         return True
     try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 
@@ -196,3 +196,20 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path) -> None:
     nifti = nib.Nifti1Image(data, affine)
     nifti.header.set_xyzt_units("mm", "sec")
     nib.save(nifti, path)
+
+
+def write_prepared(
+    output_dir: str | os.PathLike,
+    dataset: dict[str, Any],
+    training: list[dict[str, Any]],
+    test: list[dict[str, Any]] | None = None,
+) -> str:
+    """Write the ``dataset.json`` of a converted public data set (``dataset`` gives its ``name``, ``description``,
+    ``modality``, ``labels`` and any extra index keys), print what was converted, and return the index's path."""
+    info = dict(dataset)
+    name, description, modality, labels = (info.pop(k) for k in ("name", "description", "modality", "labels"))
+    path = write_dataset_json(output_dir, name, description, modality, labels, training, test, **info)
+    test = list(test or [])
+    labelled = sum("label" in e for e in test)
+    print(f"{name}: {len(training)} training and {len(test)} test cases ({labelled} of them labelled) -> {path}")
+    return str(path)

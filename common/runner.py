@@ -1,15 +1,13 @@
-"""Run a bundle exactly as a user types it, ``python -m monai.bundle run ...``, from scripts such as the demos."""
+"""Run a bundle exactly as a user types it, ``python -m monai.bundle run ...``, from the demo and the benchmarks."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 
 
 def bundle_command(bundle: str | Path, configs: Sequence[str], **overrides: object) -> list[str]:
@@ -37,40 +35,25 @@ def train_evaluate_infer(
     out: Path,
     dataset_dir: Path,
     test_cases: Sequence[dict],
-    max_epochs: int,
-    val_interval: int,
-    num_workers: int = 2,
+    train_overrides: Mapping[str, object],
+    overrides: Mapping[str, object] | None = None,
 ) -> float:
     """The demo pipeline, every step a bundle command: train, evaluate on the test split, segment the test images.
 
-    Writes ``out/models/model.pt``, ``out/train``, ``out/eval`` (per-case metrics) and ``out/inference``
-    (segmentations of the test images, copied first to ``out/test_images`` as a user's input folder would hold
-    them, every modality file of a case). Returns the training time in seconds.
+    ``train_overrides`` (e.g. ``max_epochs``) go to training only, ``overrides`` (e.g. ``num_workers``, a coarser
+    ``target_spacing``) to every step. Writes ``out/models/model.pt``, ``out/train``, ``out/eval`` (per-case
+    metrics) and ``out/inference`` (segmentations of the test images, copied first to ``out/test_images`` as a
+    user's input folder would hold them, every modality file of a case). Returns the training time in seconds.
     """
-    data = {"dataset_dir": dataset_dir, "ckpt_path": out / "models" / "model.pt", "num_workers": num_workers}
+    common = {"ckpt_path": out / "models" / "model.pt", **(overrides or {})}
     start = time.time()
-    run_bundle(
-        bundle, ["train.json"], **data, output_dir=out / "train", max_epochs=max_epochs, val_interval=val_interval
-    )
+    run_bundle(bundle, ["train.json"], dataset_dir=dataset_dir, output_dir=out / "train", **common, **train_overrides)
     train_seconds = time.time() - start
-    run_bundle(bundle, ["train.json", "evaluate.json"], **data, output_dir=out / "eval")
+    run_bundle(bundle, ["train.json", "evaluate.json"], dataset_dir=dataset_dir, output_dir=out / "eval", **common)
     test_images = out / "test_images"
     test_images.mkdir(parents=True, exist_ok=True)
     for case in test_cases:
         for image in case["image"] if isinstance(case["image"], (list, tuple)) else [case["image"]]:
             shutil.copy(dataset_dir / image, test_images / Path(image).name)
-    run_bundle(
-        bundle, ["inference.json"], input_dir=test_images, output_dir=out / "inference", ckpt_path=data["ckpt_path"]
-    )
+    run_bundle(bundle, ["inference.json"], input_dir=test_images, output_dir=out / "inference", **common)
     return train_seconds
-
-
-def load_module(path: str | Path, name: str) -> ModuleType:
-    """Import a bundle script under a unique module name (every bundle has its own ``scripts`` package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

@@ -38,7 +38,7 @@ With ``four_d=True`` each subject's modalities go to one 4D file ``imagesTr/subj
 
 Command line::
 
-    python bundles/brain_tissue_cnn2d/scripts/synthetic.py --output_dir DIR --num_train 12 --num_test 3
+    python -m synthetic brain --output_dir DIR --num_train 12 --num_test 3
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import fire
 import numpy as np
 from scipy import ndimage
 
-from common.data import save_nifti, write_dataset_json
+from common.data import save_nifti
+from synthetic.fields import numbered_cases, random_affine, smooth_noise, write_images, write_splits
 
 #: our label indices
 CSF, GM, WM = 1, 2, 3
@@ -71,6 +71,13 @@ CONTRASTS = {
 #: other spellings of the known modalities (upper case)
 ALIASES = {"T1W": "T1", "T2W": "T2", "IR": "T1_IR", "T1IR": "T1_IR", "T2_FLAIR": "FLAIR", "PDW": "PD"}
 MODALITIES = ("T1", "T2", "FLAIR")
+#: the index entries of the written ``dataset.json``
+DATASET = {
+    "name": "SyntheticBrainTissue",
+    "description": "Synthetic multimodal brain MR phantoms with CSF, grey and white matter "
+    "(python -m synthetic brain).",
+    "labels": LABELS,
+}
 
 
 @dataclass
@@ -185,12 +192,6 @@ def _tissue_map(head: Head, x: np.ndarray, y: np.ndarray, z: np.ndarray, spacing
     return tissue
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: Sequence[float]) -> np.ndarray:
-    """Smooth random field with zero mean and unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
-    return (field - field.mean()) / (field.std() + 1e-8)
-
-
 def _bias_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """A smooth multiplicative bias field: exp of a random quadratic polynomial over the volume (about +-25 %)."""
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
@@ -232,24 +233,6 @@ def _render(tissue: np.ndarray, modality: str, texture: np.ndarray, rng: np.rand
     return (image * gain).astype(np.float32)
 
 
-def _random_affine(spacing: tuple[float, float, float], shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """An oblique voxel-to-world affine (mm): random rotation, sometimes a flipped axis, centred near the origin."""
-    q = rng.standard_normal(4)
-    q /= np.linalg.norm(q)
-    w, a, b, c = q
-    rotation = np.array([
-        [1 - 2 * (b * b + c * c), 2 * (a * b - c * w), 2 * (a * c + b * w)],
-        [2 * (a * b + c * w), 1 - 2 * (a * a + c * c), 2 * (b * c - a * w)],
-        [2 * (a * c - b * w), 2 * (b * c + a * w), 1 - 2 * (a * a + b * b)],
-    ])  # fmt: skip
-    if rng.random() < 0.3:
-        rotation[:, 0] *= -1  # a left-handed (flipped) voxel grid, as some converters write
-    affine = np.eye(4)
-    affine[:3, :3] = rotation * np.asarray(spacing)
-    affine[:3, 3] = -affine[:3, :3] @ (np.asarray(shape) / 2.0) + rng.uniform(-30, 30, 3)
-    return affine
-
-
 def generate_subject(
     seed: int, size: int | None = None, modalities: Sequence[str] = MODALITIES
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -275,8 +258,8 @@ def generate_subject(
     x, y, z = np.broadcast_arrays(x, y, z)
     voxel = (spacing, spacing, thickness)
     tissue = _tissue_map(head, x, y, z, voxel)
-    affine = _random_affine(voxel, shape, rng)
-    texture = _smooth_noise(rng, shape, (2.0, 2.0, 2.0 / thickness))
+    affine = random_affine(voxel, shape, rng)
+    texture = smooth_noise(rng, shape, (2.0, 2.0, 2.0 / thickness))
     images = []
     for modality in modalities:
         modality_rng = np.random.default_rng([seed, zlib.crc32(str(modality).encode())])
@@ -311,33 +294,48 @@ def write_dataset(
     output_dir: str,
     num_train: int = 12,
     num_test: int = 3,
-    size: int | None = None,
     seed: int = 0,
+    size: int | None = None,
     modalities: Sequence[str] = MODALITIES,
     four_d: bool = False,
 ) -> str:
     """Write a Decathlon-style synthetic multimodal brain MR data set; return the path of its ``dataset.json``."""
     modalities = [modalities] if isinstance(modalities, str) else [str(m) for m in modalities]
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[str, list[dict]] = {"Tr": [], "Ts": []}
-    for i in range(num_train + num_test):
-        split = "Tr" if i < num_train else "Ts"
-        seed_i = seed * 100003 + i
-        entries[split].append(write_subject(root, split, f"subject{i:03d}", seed_i, size, modalities, four_d))
-    path = write_dataset_json(
-        root,
-        "SyntheticBrainTissue",
-        "Synthetic multimodal brain MR phantoms with CSF, grey and white matter (scripts/synthetic.py).",
-        {str(i): name for i, name in enumerate(modalities)},
-        LABELS,
-        entries["Tr"],
-        entries["Ts"],
+    cases = numbered_cases(write_subject, "subject", size=size, modalities=modalities, four_d=four_d)
+    return write_splits(
+        output_dir,
+        num_train,
+        num_test,
+        seed,
+        cases,
+        **DATASET,
+        modality={str(i): name for i, name in enumerate(modalities)},
         tensorImageSize="4D" if four_d else "3D",
     )
-    print(f"wrote {num_train} training and {num_test} test subjects ({', '.join(modalities)}) to {root}, index {path}")
-    return str(path)
 
 
-if __name__ == "__main__":
-    fire.Fire(write_dataset)
+def write_inputs(
+    folder: str | Path,
+    count: int,
+    seed: int = 0,
+    size: int | None = None,
+    num_slices: int | None = None,
+    modalities: Sequence[str] = MODALITIES,
+) -> list[Path]:
+    """Write ``count`` unlabelled subjects into ``folder`` as modality files ``subject<i>_000c.nii.gz``; with
+    ``num_slices``, each stack linearly interpolated to that many slices (the affine's slice axis scaled to match)."""
+    modalities = [modalities] if isinstance(modalities, str) else [str(m) for m in modalities]
+
+    def one(root: Path, split: str, index: int, case_seed: int) -> dict[str, list[str]]:
+        images, _, affine = generate_subject(case_seed, size, modalities)
+        if num_slices:
+            factor = num_slices / images[0].shape[2]
+            images = [ndimage.zoom(im, (1, 1, factor), order=1).astype(np.float32) for im in images]
+            affine = affine.copy()
+            affine[:3, 2] /= factor
+        relatives = [f"imagesTs/subject{index:03d}_{channel:04d}.nii.gz" for channel in range(len(images))]
+        for relative, image in zip(relatives, images):
+            save_nifti(image, affine, root / relative)
+        return {"image": relatives}
+
+    return write_images(folder, count, seed, one)

@@ -13,7 +13,7 @@ Every ``dataset.json`` entry carries ``subject``, ``phase`` and the label volume
 
 Command line::
 
-    python bundles/cardiac_mr_fcn/scripts/synthetic.py --output_dir DIR --num_train 16 --num_test 4
+    python -m synthetic cardiac --output_dir DIR --num_train 16 --num_test 4
 """
 
 from __future__ import annotations
@@ -21,16 +21,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import fire
 import numpy as np
 from scipy import ndimage
 
-from common.data import save_nifti, write_dataset_json
+from common.data import save_nifti
 from common.metrics.clinical import ACDC_CLASSES, label_volumes_ml, voxel_volume_ml
+from synthetic.fields import numbered_cases, random_affine, smooth_noise, write_images, write_splits
 
 #: ACDC label indices
 RV, MYO, LV = 1, 2, 3
 PHASES = ("ED", "ES")
+#: the index entries of the written ``dataset.json``
+DATASET = {
+    "name": "SyntheticCardiacSAX",
+    "description": "Synthetic cine short-axis MR phantoms, ED and ES per subject (python -m synthetic cardiac).",
+    "modality": {"0": "MRI"},
+    "labels": {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
+}
 
 
 @dataclass
@@ -91,12 +98,6 @@ def _label_stack(heart: Heart, x: np.ndarray, y: np.ndarray, depths: np.ndarray)
     return labels
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Smooth random field with zero mean and unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
-    return (field - field.mean()) / (field.std() + 1e-8)
-
-
 def _render(
     labels: np.ndarray, heart: Heart, x: np.ndarray, y: np.ndarray, spacing: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -106,7 +107,7 @@ def _render(
     angle = rng.uniform(0, 2 * np.pi)
     cx, cy = 30 * np.cos(angle), 30 * np.sin(angle)  # the heart lies off the centre of the chest
     body_r = ((x + cx) / body_a) ** 2 + ((y + cy) / body_b) ** 2
-    tissue = 0.42 + 0.06 * _smooth_noise(rng, x.shape, 4.0 / spacing)
+    tissue = 0.42 + 0.06 * smooth_noise(rng, x.shape, 4.0 / spacing)
     image = np.where(body_r <= 1.0, tissue, 0.0)
     image = np.where((body_r <= 1.0) & (body_r > 0.80), 0.85, image)  # subcutaneous fat
     for side in (-1, 1):  # lungs, lateral to the heart
@@ -124,28 +125,10 @@ def _render(
     image[(labels == LV) | (labels == RV)] = blood
     image += 0.02 * rng.standard_normal(shape) * (labels > 0)  # trabeculation-like variation in the heart
     image = ndimage.gaussian_filter(image, (0.6, 0.6, 0))  # point-spread function, in-plane only
-    bias = np.exp(0.25 * _smooth_noise(rng, shape[:2], 30.0 / spacing))[..., None]
+    bias = np.exp(0.25 * smooth_noise(rng, shape[:2], 30.0 / spacing))[..., None]
     image = image * bias
     sigma = rng.uniform(0.02, 0.05)  # Rician noise: magnitude of a complex signal with Gaussian noise
     return np.sqrt((image + sigma * rng.standard_normal(shape)) ** 2 + (sigma * rng.standard_normal(shape)) ** 2)
-
-
-def _random_affine(spacing: tuple[float, float, float], shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """An oblique voxel-to-world affine (mm): random rotation, sometimes a flipped axis, centred near the origin."""
-    q = rng.standard_normal(4)
-    q /= np.linalg.norm(q)
-    w, a, b, c = q
-    rotation = np.array([
-        [1 - 2 * (b * b + c * c), 2 * (a * b - c * w), 2 * (a * c + b * w)],
-        [2 * (a * b + c * w), 1 - 2 * (a * a + c * c), 2 * (b * c - a * w)],
-        [2 * (a * c - b * w), 2 * (b * c + a * w), 1 - 2 * (a * a + b * b)],
-    ])  # fmt: skip
-    if rng.random() < 0.3:
-        rotation[:, 0] *= -1  # a left-handed (flipped) voxel grid, as some converters write
-    affine = np.eye(4)
-    affine[:3, :3] = rotation * np.asarray(spacing)
-    affine[:3, 3] = -affine[:3, :3] @ (np.asarray(shape) / 2.0) + rng.uniform(-30, 30, 3)
-    return affine
 
 
 def generate_subject(seed: int, size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -163,7 +146,7 @@ def generate_subject(seed: int, size: int | None = None) -> dict[str, tuple[np.n
     x = (np.arange(side) - side / 2 + 0.5)[:, None] * spacing + shift[0]
     y = (np.arange(width) - width / 2 + 0.5)[None, :] * spacing + shift[1]
     x, y = np.broadcast_arrays(x, y)
-    affine = _random_affine((spacing, spacing, thickness), (side, width, n_slices), rng)
+    affine = random_affine((spacing, spacing, thickness), (side, width, n_slices), rng)
     gain = rng.uniform(200, 1500)
     out = {}
     for phase in PHASES:
@@ -189,27 +172,13 @@ def write_subject(root: Path, split: str, subject: str, seed: int, size: int | N
 
 
 def write_dataset(
-    output_dir: str, num_train: int = 16, num_test: int = 4, size: int | None = None, seed: int = 0
+    output_dir: str, num_train: int = 16, num_test: int = 4, seed: int = 0, size: int | None = None
 ) -> str:
     """Write a Decathlon-style synthetic short-axis data set (ED and ES per subject); return the JSON's path."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[str, list[dict]] = {"Tr": [], "Ts": []}
-    for i in range(num_train + num_test):
-        split = "Tr" if i < num_train else "Ts"
-        entries[split] += write_subject(root, split, f"subject{i:03d}", seed * 100003 + i, size)
-    path = write_dataset_json(
-        root,
-        "SyntheticCardiacSAX",
-        "Synthetic cine short-axis MR phantoms, ED and ES per subject (scripts/synthetic.py).",
-        {"0": "MRI"},
-        {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
-        entries["Tr"],
-        entries["Ts"],
-    )
-    print(f"wrote {num_train} training and {num_test} test subjects (ED and ES) to {root}, index {path}")
-    return str(path)
+    cases = numbered_cases(write_subject, "subject", size=size)
+    return write_splits(output_dir, num_train, num_test, seed, cases, **DATASET)
 
 
-if __name__ == "__main__":
-    fire.Fire(write_dataset)
+def write_inputs(folder: str | Path, count: int, seed: int = 0, size: int | None = None) -> list[Path]:
+    """Write ``count`` unlabelled subjects into ``folder``, one NIfTI stack per phase (``subject<i>_ED.nii.gz``...)."""
+    return write_images(folder, count, seed, numbered_cases(write_subject, "subject", size=size))

@@ -52,8 +52,8 @@ equivalent-sphere diameter ``(6 V / pi)^(1/3)``.
 
 Command line::
 
-    python bundles/liver_ct_unet3d/scripts/synthetic.py --output_dir DIR --num_train 16 --num_test 4
-    python bundles/liver_ct_unet3d/scripts/synthetic.py --output_dir BIG --num_train 0 --num_test 1 \\
+    python -m synthetic liver --output_dir DIR --num_train 16 --num_test 4
+    python -m synthetic liver --output_dir BIG --num_train 0 --num_test 1 \\
         --size 512 --num_slices 300 --spacing "[0.75,0.75,1.0]"
 """
 
@@ -64,13 +64,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fire
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import save_nifti, write_dataset_json
 from common.metrics.clinical import label_volumes_ml, voxel_volume_ml
+from synthetic.fields import oriented_cases, random_rotation, save_pair, smooth_noise, write_images, write_splits
 
 #: our label indices and names (LiTS / MSD Task03)
 LIVER, TUMOUR = 1, 2
@@ -143,6 +141,15 @@ TEXTURE_HU = {
 #: spacing (mm) of the coarse grid on which the anatomy's implicit fields are evaluated
 COARSE_MM = 3.0
 _NOISE_CHUNK = 16  # slices of noise drawn at a time (fixed, so that the noise is the same whatever the memory)
+#: the index entries of the written ``dataset.json``
+DATASET = {
+    "name": "SyntheticLiverCT",
+    "description": "Synthetic abdominal CT phantoms in HU with liver and liver-tumour labels "
+    "(python -m synthetic liver).",
+    "modality": {"0": "CT"},
+    "labels": LABELS,
+    "tensorImageSize": "3D",
+}
 
 
 @dataclass
@@ -360,12 +367,6 @@ def _segment_distance(points: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarr
     return np.sqrt(sum((r - t * d[i]) ** 2 for i, r in enumerate(rel)))
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """Smooth random field (float32) with zero mean and unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return (field - field.mean()) / (field.std() + 1e-8)
-
-
 def _upsample(field: np.ndarray, coarse: Sequence[np.ndarray], coords: Sequence[np.ndarray]) -> np.ndarray:
     """Linear interpolation (float32) of a field on the regular grid ``coarse`` (3 axes) at the grid ``coords``."""
     out = field.astype(np.float32, copy=False)
@@ -492,17 +493,6 @@ def _index_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random 3D rotation matrix (from a random unit quaternion)."""
-    q = rng.standard_normal(4)
-    w, a, b, c = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (b * b + c * c), 2 * (a * b - c * w), 2 * (a * c + b * w)],
-        [2 * (a * b + c * w), 1 - 2 * (a * a + c * c), 2 * (b * c - a * w)],
-        [2 * (a * c - b * w), 2 * (b * c + a * w), 1 - 2 * (a * a + b * b)],
-    ])  # fmt: skip
-
-
 def _place_tumours(
     rng: np.random.Generator, points: np.ndarray, depth: np.ndarray, fine: Sequence[np.ndarray]
 ) -> list[dict[str, Any]]:
@@ -517,7 +507,7 @@ def _place_tumours(
     for _ in range(count):
         diameter = float(np.exp(rng.uniform(*np.log(TUMOUR_DIAMETER))))
         ratios = np.concatenate([[1.0], rng.uniform(0.75, 1.0, 2)])
-        rotation = _random_rotation(rng)
+        rotation = random_rotation(rng)
         contrast, edge, pick = rng.uniform(*TUMOUR_CONTRAST), rng.uniform(1.0, 2.5), rng.random()
         while diameter >= TUMOUR_DIAMETER[0]:
             radius = diameter / 2
@@ -612,8 +602,8 @@ def build_phantom(
     for du, dv, drop, radius in an.domes:
         surface = w_top - drop - ((u - du) ** 2 + (v - dv) ** 2) / (2 * radius)
         np.minimum(lungs, np.maximum(surface - w, 25.0 - np.sign(du) * u), out=lungs)  # each on its own side
-    viscera = _smooth_noise(rng, shape, 8.0 / COARSE_MM)
-    texture = _smooth_noise(rng, shape, 1.0)
+    viscera = smooth_noise(rng, shape, 8.0 / COARSE_MM, np.float32)
+    texture = smooth_noise(rng, shape, 1.0, np.float32)
     # the liver as painted (inside the cavity, without the spine and the great vessels), for vessels and tumours
     base_c, top_c, _ = _slice_layers(an, u[:, :, 0], v[:, :, 0])
     free_c = ((base_c == _T["viscera"]) & (top_c == 0))[:, :, None]
@@ -768,51 +758,25 @@ def write_case(
     orientation: str | None = None,
 ) -> dict[str, Any]:
     """Write one case's image and label NIfTIs under ``root``; return its ``dataset.json`` entry with the truth."""
-    root = Path(root)
     image, label, affine = generate_case(seed, size, num_slices, spacing, orientation)
-    entry: dict[str, Any] = {}
-    for key, data in (("image", image), ("label", label)):
-        relative = f"{key}s{split}/{name}.nii.gz"
-        save_nifti(data, affine, root / relative)
-        entry[key] = relative
-    entry["subject"] = name
-    entry["orientation"] = "".join(nib.aff2axcodes(affine))
-    entry.update(measure(label, affine))
-    return entry
+    return {**save_pair(Path(root), split, name, image, label, affine), **measure(label, affine)}
 
 
 def write_dataset(
     output_dir: str,
     num_train: int = 16,
     num_test: int = 4,
-    size: int = 160,
     seed: int = 0,
+    size: int = 160,
     num_slices: int | None = None,
     spacing: Sequence[float] | None = None,
 ) -> str:
     """Write a Decathlon-style synthetic liver CT data set (every other case LPS-ordered); return the JSON's path."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[str, list[dict]] = {"Tr": [], "Ts": []}
-    for i in range(num_train + num_test):
-        split = "Tr" if i < num_train else "Ts"
-        orientation = "RAS" if i % 2 == 0 else "LPS"
-        entries[split].append(
-            write_case(root, split, f"liver_{i:03d}", seed * 100003 + i, size, num_slices, spacing, orientation)
-        )
-    path = write_dataset_json(
-        root,
-        "SyntheticLiverCT",
-        "Synthetic abdominal CT phantoms in HU with liver and liver-tumour labels (scripts/synthetic.py).",
-        {"0": "CT"},
-        LABELS,
-        entries["Tr"],
-        entries["Ts"],
-        tensorImageSize="3D",
-    )
-    print(f"wrote {num_train} training and {num_test} test cases to {root}, index {path}")
-    return str(path)
+    cases = oriented_cases(write_case, "liver", size=size, num_slices=num_slices, spacing=spacing)
+    return write_splits(output_dir, num_train, num_test, seed, cases, **DATASET)
 
 
-if __name__ == "__main__":
-    fire.Fire(write_dataset)
+def write_inputs(folder: str | Path, count: int, seed: int = 0, **options: Any) -> list[Path]:
+    """Write ``count`` unlabelled CT NIfTIs ``liver_<i>.nii.gz`` into ``folder``, every other one LPS-ordered
+    (``options``: ``size``, ``num_slices``, ``spacing``, as for ``write_case``)."""
+    return write_images(folder, count, seed, oriented_cases(write_case, "liver", **options))

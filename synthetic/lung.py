@@ -28,7 +28,7 @@ largest first, with their centroid in world (RAS+) mm, volume (mm3) and equivale
 
 Command line::
 
-    python bundles/lung_nodule_fcn3d/scripts/synthetic.py --output_dir DIR --num_train 16 --num_test 4
+    python -m synthetic lung --output_dir DIR --num_train 16 --num_test 4
 """
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fire
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from common.data import save_nifti, write_dataset_json
+from synthetic.fields import oriented_cases, save_pair, write_images, write_splits
 
 NODULE = 1
 LABELS = {"0": "background", "1": "nodule"}
@@ -64,6 +62,14 @@ HU_RANGES = {
 }
 PSF_MM = 0.7
 _CUBE = np.ones((3, 3, 3), bool)  # 26-connectivity
+#: the index entries of the written ``dataset.json``
+DATASET = {
+    "name": "SyntheticLungNoduleCT",
+    "description": "Synthetic chest CT phantoms in HU with lung nodule labels (python -m synthetic lung).",
+    "modality": {"0": "CT"},
+    "labels": LABELS,
+    "tensorImageSize": "3D",
+}
 
 
 @dataclass
@@ -264,56 +270,40 @@ def measure(label: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
 
 def write_case(root: str | Path, split: str, name: str, seed: int, size: int = 160, **kwargs: Any) -> dict[str, Any]:
     """Write one case's image and label NIfTIs under ``root``; return its ``dataset.json`` entry with the truth."""
-    root = Path(root)
     image, label, affine = generate_case(seed, size, **kwargs)
-    entry: dict[str, Any] = {}
-    for key, data in (("image", image), ("label", label)):
-        relative = f"{key}s{split}/{name}.nii.gz"
-        save_nifti(data, affine, root / relative)
-        entry[key] = relative
-    entry["subject"] = name
-    entry["orientation"] = "".join(nib.aff2axcodes(affine))
-    entry.update(measure(label, affine))
-    return entry
+    return {**save_pair(Path(root), split, name, image, label, affine), **measure(label, affine)}
+
+
+def _cases(
+    size: int,
+    num_slices: int | None,
+    spacing: Sequence[float] | None,
+    nodule_diameter: Sequence[float],
+    pleural_share: float,
+) -> Any:
+    """The writer of case ``lung_<index>``, every other one LPS-ordered."""
+    options = {"num_slices": num_slices, "spacing": spacing, "pleural_share": pleural_share}
+    return oriented_cases(write_case, "lung", size=size, nodule_diameter=tuple(nodule_diameter), **options)
 
 
 def write_dataset(
     output_dir: str,
     num_train: int = 16,
     num_test: int = 4,
-    size: int = 160,
     seed: int = 0,
+    size: int = 160,
     num_slices: int | None = None,
     spacing: Sequence[float] | None = None,
     nodule_diameter: Sequence[float] = NODULE_DIAMETER,
     pleural_share: float = PLEURAL_SHARE,
 ) -> str:
     """Write a Decathlon-style synthetic chest CT data set (every other case LPS-ordered); return the JSON's path."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[str, list[dict]] = {"Tr": [], "Ts": []}
-    for i in range(num_train + num_test):
-        split = "Tr" if i < num_train else "Ts"
-        entries[split].append(
-            write_case(
-                root, split, f"lung_{i:03d}", seed * 100003 + i, size, num_slices=num_slices, spacing=spacing,
-                orientation="RAS" if i % 2 == 0 else "LPS", nodule_diameter=tuple(nodule_diameter),
-                pleural_share=pleural_share,
-            )
-        )  # fmt: skip
-    path = write_dataset_json(
-        root,
-        "SyntheticLungNoduleCT",
-        "Synthetic chest CT phantoms in HU with lung nodule labels (scripts/synthetic.py).",
-        {"0": "CT"},
-        LABELS,
-        entries["Tr"],
-        entries["Ts"],
-        tensorImageSize="3D",
-    )
-    print(f"wrote {num_train} training and {num_test} test cases to {root}, index {path}")
-    return str(path)
+    cases = _cases(size, num_slices, spacing, nodule_diameter, pleural_share)
+    return write_splits(output_dir, num_train, num_test, seed, cases, **DATASET)
 
 
-if __name__ == "__main__":
-    fire.Fire(write_dataset)
+def write_inputs(folder: str | Path, count: int, seed: int = 0, **options: Any) -> list[Path]:
+    """Write ``count`` unlabelled CT NIfTIs ``lung_<i>.nii.gz`` into ``folder``, every other one LPS-ordered
+    (``options``: ``size``, ``num_slices``, ``spacing``, ``nodule_diameter``, ``pleural_share``, as for
+    ``build_phantom``)."""
+    return write_images(folder, count, seed, oriented_cases(write_case, "lung", **options))

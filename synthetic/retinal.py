@@ -9,7 +9,7 @@ coverage or more, inside the FOV. Everything is deterministic given the seed.
 
 Command line::
 
-    python bundles/retinal_vessel_unet/scripts/synthetic.py --output_dir DIR --num_train 20 --num_test 5 --size 320
+    python -m synthetic retinal --output_dir DIR --num_train 20 --num_test 5 --size 320
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fire
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from common.data import write_dataset_json
+from synthetic.fields import numbered_cases, write_images, write_splits
 
 #: image side the vessel widths and step lengths below are given for
 REFERENCE_SIZE = 320.0
@@ -30,6 +29,14 @@ REFERENCE_SIZE = 320.0
 CHANNEL_WEIGHTS = np.array([0.35, 1.0, 0.6], np.float32)
 #: most segments drawn per photograph, a guard against runaway branching
 MAX_SEGMENTS = 6000
+#: the index entries of the written ``dataset.json``
+DATASET = {
+    "name": "SyntheticFundus",
+    "description": "Synthetic colour fundus photographs with vessel labels and FOV masks "
+    "(python -m synthetic retinal).",
+    "modality": {"0": "R", "1": "G", "2": "B"},
+    "labels": {"0": "background", "1": "vessel"},
+}
 
 
 @dataclass
@@ -258,7 +265,7 @@ def _case_size(size: int, seed: int) -> tuple[int, int]:
     return tuple(int(round(size * f)) for f in rng.uniform(0.9, 1.1, 2))  # type: ignore[return-value]
 
 
-def _write_case(root: Path, split: str, name: str, size: int, seed: int) -> dict[str, str]:
+def _write_case(root: Path, split: str, name: str, seed: int, size: int) -> dict[str, str]:
     """Write image, label and mask PNGs of one case into the ``split`` folders; return its data-list entry."""
     image, vessels, fov = generate_fundus(*_case_size(size, seed), seed)
     entry = {}
@@ -270,26 +277,18 @@ def _write_case(root: Path, split: str, name: str, size: int, seed: int) -> dict
     return entry
 
 
-def write_dataset(output_dir: str, num_train: int = 20, num_test: int = 5, size: int = 320, seed: int = 0) -> str:
+def write_dataset(output_dir: str, num_train: int = 20, num_test: int = 5, seed: int = 0, size: int = 320) -> str:
     """Write a Decathlon-style synthetic fundus data set (PNGs and ``dataset.json``); return the JSON's path."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    cases = [("Tr", i) for i in range(num_train)] + [("Ts", num_train + i) for i in range(num_test)]
-    entries = {"Tr": [], "Ts": []}
-    for split, index in cases:
-        entries[split].append(_write_case(root, split, f"fundus_{index:03d}", size, seed * 100003 + index))
-    path = write_dataset_json(
-        root,
-        "SyntheticFundus",
-        "Synthetic colour fundus photographs with vessel labels and FOV masks (scripts/synthetic.py).",
-        {"0": "R", "1": "G", "2": "B"},
-        {"0": "background", "1": "vessel"},
-        entries["Tr"],
-        entries["Ts"],
-    )
-    print(f"wrote {num_train} training and {num_test} test cases to {root}, index {path}")
-    return str(path)
+    cases = numbered_cases(_write_case, "fundus_", size=size)
+    return write_splits(output_dir, num_train, num_test, seed, cases, **DATASET)
 
 
-if __name__ == "__main__":
-    fire.Fire(write_dataset)
+def write_inputs(folder: str | Path, count: int, seed: int = 0, size: int = 320) -> list[Path]:
+    """Write ``count`` unlabelled ``size`` x ``size`` fundus photographs ``fundus_<i>.png`` into ``folder``."""
+
+    def one(root: Path, split: str, index: int, case_seed: int) -> dict[str, str]:
+        relative = f"imagesTs/fundus_{index:03d}.png"
+        write_image(str(root / relative), size, size, seed=case_seed)
+        return {"image": relative}
+
+    return write_images(folder, count, seed, one)

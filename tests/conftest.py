@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from common.profile import BundleProfile, bundle_names, describe
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "common" / "schemas" / "bundle_metadata_schema.json"
+#: every bundle of the repository, for tests parametrized over all of them
+BUNDLE_NAMES = bundle_names()
 
 
 def load_module(path: Path, name: str) -> ModuleType:
@@ -52,6 +59,21 @@ def check(result: subprocess.CompletedProcess) -> str:
     return output
 
 
+def segment(bundle: Path, inputs: Path, outputs: Path, ckpt: Path, **overrides: object) -> str:
+    """Run ``inference.json`` over the folder ``inputs`` into ``outputs``, assert it succeeded, return its output."""
+    return check(
+        monai_bundle(
+            "run",
+            config_file=config_list(bundle, "inference.json"),
+            bundle_root=bundle,
+            input_dir=inputs,
+            output_dir=outputs,
+            ckpt_path=ckpt,
+            **overrides,
+        )
+    )
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts."""
     with open(path, newline="") as f:
@@ -82,10 +104,62 @@ def epoch_losses(log: str) -> dict[int, list[float]]:
     return losses
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """Every test that needs a ``quick_run`` fixture (a bundle's quick demo run here, a benchmark's quick mode in
+    the benchmarks' tests) is ``slow``; slow tests run last."""
+    for item in items:
+        if "quick_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+@dataclass
+class QuickRun:
+    """A bundle trained, evaluated and run on its test images by ``python -m synthetic.demo NAME --quick``."""
+
+    profile: BundleProfile
+    out: Path  #: the demo's output folder: data/, models/, train/, eval/, test_images/, inference/, overlays
+    log: str  #: everything the demo printed (the training log included)
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / "models" / "model.pt"
+
+    @property
+    def index(self) -> dict:
+        return json.loads((self.data / "dataset.json").read_text())
+
+    def segment(self, inputs: Path, outputs: Path, **overrides: object) -> str:
+        """Run the bundle's inference with the quick run's weights and quick-mode overrides over ``inputs``."""
+        return segment(
+            self.profile.root, inputs, outputs, self.ckpt, **{**self.profile.quick.get("overrides", {}), **overrides}
+        )
+
+    def as_trained(self) -> dict:
+        """The ``{"work", "ckpt", "log"}`` dict the training helpers below take."""
+        return {"work": self.out, "ckpt": self.ckpt, "log": self.log}
+
+
+_QUICK_RUNS: dict[str, QuickRun] = {}
+
+
 @pytest.fixture(scope="session")
-def retinal_bundle() -> Path:
-    """Path of the retinal vessel bundle."""
-    return ROOT / "bundles" / "retinal_vessel_unet"
+def quick_run(tmp_path_factory) -> Callable[[str], QuickRun]:
+    """``quick_run(NAME)``: the bundle's quick demo run, made once per test session and shared by every test."""
+
+    def run(name: str) -> QuickRun:
+        if name not in _QUICK_RUNS:
+            out = tmp_path_factory.mktemp(f"quick_{name}")
+            cmd = [sys.executable, "-m", "synthetic.demo", name, "--output_dir", str(out), "--quick"]
+            result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+            _QUICK_RUNS[name] = QuickRun(describe(name), out, check(result))
+        return _QUICK_RUNS[name]
+
+    return run
 
 
 def train_bundle(bundle: Path, dataset: Path, work: Path, configs: tuple[str, ...] = ("train.json",), **overrides):
@@ -175,3 +249,94 @@ def assert_torchrun_trains_one_epoch(bundle: Path, dataset: Path, tmp_path: Path
     assert result.returncode == 0, _without_progress(result.stdout + result.stderr)[-6000:]
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"
+
+
+def training_preprocessing(profile: BundleProfile) -> Callable[[dict], dict]:
+    """The bundle's deterministic training preprocessing (``preprocessing`` of its train.json), built as MONAI
+    builds it, with the bundle's own ``scripts`` package importable."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(profile.config("train.json"))
+    parser["bundle_root"] = str(profile.root)
+    sys.path.insert(0, str(profile.root))
+    try:
+        return Compose(parser.get_parsed_content("preprocessing"))
+    finally:
+        sys.path.remove(str(profile.root))
+        for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[module]  # the next bundle has its own ``scripts``
+
+
+def world(affine, voxels):
+    """World coordinates (N, 3) of voxel coordinates (N, 3) under a 4x4 affine."""
+    import numpy as np
+
+    return voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def load_ras(path: Path):
+    """Load an image through MONAI as the bundles do: LoadImage, EnsureChannelFirst, Orientation RAS."""
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+
+    return Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS")])(str(path))
+
+
+def assert_same_through_monai(folder: Path, ras, lps) -> None:
+    """Two phantoms of one anatomy stored in RAS and LPS voxel order become, loaded as the bundles load them, the
+    same array on the same grid."""
+    import nibabel as nib
+    import numpy as np
+
+    for name, phantom in (("ras", ras), ("lps", lps)):
+        nib.save(nib.Nifti1Image(phantom.image, phantom.affine), folder / f"{name}.nii.gz")
+    a, b = load_ras(folder / "ras.nii.gz"), load_ras(folder / "lps.nii.gz")
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-4)
+
+
+def dataset_entries(root: Path) -> list[dict]:
+    """The training and test entries of ``root/dataset.json``."""
+    index = json.loads((root / "dataset.json").read_text())
+    return index["training"] + index["test"]
+
+
+def synthetic_fixture(task: str, **options):
+    """A module-scoped fixture: a synthetic data set of ``task`` in a fresh folder (``options`` go to its generator)."""
+
+    @pytest.fixture(scope="module")
+    def synthetic_dir(tmp_path_factory) -> Path:
+        from synthetic import write_dataset
+
+        root = tmp_path_factory.mktemp(f"{task}_synthetic")
+        write_dataset(task, root, **options)
+        return root
+
+    return synthetic_dir
+
+
+def run_prepare(script: Path, source_flag: str, source: Path, out: Path) -> dict:
+    """Run a bundle's ``prepare_<dataset>.py SOURCE_FLAG SOURCE --output_dir OUT`` as a user types it; assert it
+    succeeded and printed the written index; return that ``dataset.json``."""
+    cmd = [sys.executable, str(script), source_flag, str(source), "--output_dir", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert str(out / "dataset.json") in result.stdout
+    return json.loads((out / "dataset.json").read_text())
+
+
+def train_briefly(net, x, target, steps: int, lr: float) -> list[float]:
+    """Train ``net`` on one batch with Adam and cross-entropy for ``steps`` steps; return the losses."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(net(x), target)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+    return losses

@@ -1,5 +1,6 @@
 """The architecture benchmark in quick mode: every output written, one row per task x architecture, Dice in [0, 1],
-parameter counts equal to the networks built directly, the data-efficiency label counts, valid charts."""
+parameter counts equal to the networks built directly, the data-efficiency label counts, valid charts; and a
+bundle's configs parsed with its own ``scripts`` importable, leaving no ``scripts`` package behind."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from conftest import ROOT, check, load_module
 
 SCRIPT = ROOT / "benchmarks" / "architectures.py"
 TASK_CHANNELS = {"retinal": (3, 2), "cardiac": (1, 4)}
+#: the bundle's own modules among a task's preprocessing transforms (the retinal field-of-view transform)
+OWN_SCRIPTS = {"retinal": ("scripts.fov",)}
 ARCHITECTURES = ["patch_cnn", "fcn", "unet", "fcn_rnn", "unet_rnn"]
 OUTPUTS = [
     "results.csv",
@@ -124,6 +127,21 @@ def test_report_and_charts(quick_run):
         with Image.open(quick_run / name) as image:
             image.verify()
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_bundle_configs_import_their_own_scripts_and_leave_none_behind():
+    bench = load_module(SCRIPT, "benchmark_architectures")
+    path = list(sys.path)
+    for task, (in_channels, classes) in TASK_CHANNELS.items():
+        profile = bench.task_profile(task)
+        assert profile.task == task and (len(profile.channels), len(profile.classes)) == (in_channels, classes)
+        modules = {type(t).__module__ for t in bench.bundle_content(profile.name, "preprocessing")}
+        assert modules <= set(OWN_SCRIPTS.get(task, ())) | {m for m in modules if not m.startswith("scripts")}
+        assert set(OWN_SCRIPTS.get(task, ())) <= modules, task
+        assert not [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")], task
+        assert sys.path == path, task
+    with pytest.raises(ValueError, match="no bundle"):
+        bench.task_profile("kidney")
 
 
 def test_settings_are_checked():

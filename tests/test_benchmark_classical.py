@@ -1,6 +1,6 @@
 """Classical baselines: each method on hand-made images whose answer is known, the windows tuned from training
-labels, the bundles' Dice conventions, and the benchmark's quick run (every output, one row per task x method x
-class including the network, Dice in [0, 1])."""
+labels, the bundles' Dice conventions, the task -> bundle mapping read from the bundles' profiles, and the
+benchmark's quick run (every output, one row per task x method x class including the network, Dice in [0, 1])."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.profile import bundle_names, describe
 from conftest import ROOT, check, load_module
 
 SCRIPT = ROOT / "benchmarks" / "classical.py"
@@ -106,6 +107,18 @@ def test_dice_follows_each_bundles_convention():
     assert bench.case_dice("retinal", pred, truth, fov)["vessel"] == 1.0
 
 
+def test_tasks_and_bundles_come_from_the_profiles():
+    profiles = [describe(name) for name in bundle_names()]
+    assert set(bench.TASK_BUNDLES) == {p.task for p in profiles} & set(cm.CLASSES)
+    for task, bundle in bench.TASK_BUNDLES.items():
+        profile = describe(bundle)
+        assert profile.task == task
+        # every class's Dice column is the one the bundle's evaluation writes for that label
+        assert bench.metric_columns(task) == {name: profile.dice_keys[i] for name, i in cm.CLASSES[task].items()}
+        assert set(bench.metric_columns(task).values()) <= set(profile.dice_keys.values())
+    assert bench.make_settings().tasks == tuple(bench.TASK_BUNDLES)
+
+
 def test_settings_are_checked():
     s = bench.make_settings(quick=True, tasks="liver,lung", epochs={"liver": 3})
     assert s.tasks == ("liver", "lung") and s.epochs["liver"] == 3 and s.epochs["lung"] == 1
@@ -149,7 +162,7 @@ def test_quick_run_writes_every_output(quick_run):
 
 def test_quick_run_has_one_row_per_task_method_and_class(quick_run):
     rows = read_rows(quick_run / "results.csv")
-    expected = [(t, m, c) for t in cm.TASKS for m in ("network", *cm.METHODS) for c in cm.CLASSES[t]]
+    expected = [(t, m, c) for t in bench.TASK_BUNDLES for m in ("network", *cm.METHODS) for c in cm.CLASSES[t]]
     assert sorted((r["task"], r["method"], r["class"]) for r in rows) == sorted(expected)
     for r in rows:
         dice = float(r["dice_mean"])
@@ -162,10 +175,10 @@ def test_quick_run_has_one_row_per_task_method_and_class(quick_run):
 
 def test_quick_run_scores_the_same_cases_for_network_and_classical_methods(quick_run):
     rows = read_rows(quick_run / "per_case.csv")
-    for task in cm.TASKS:
+    for task in bench.TASK_BUNDLES:
         cases = {m: {r["case"] for r in rows if r["task"] == task and r["method"] == m} for m in bench.METHODS}
         assert cases["network"] and all(c == cases["network"] for c in cases.values()), (task, cases)
     report = (quick_run / "results.md").read_text()
-    for task in cm.TASKS:
+    for task in bench.TASK_BUNDLES:
         assert f"## {task}" in report and f"network ({bench.TASK_BUNDLES[task]})" in report
     assert "click" in report and "TRAINING" in report

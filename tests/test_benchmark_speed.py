@@ -1,10 +1,12 @@
 """The speed benchmark: the quick run writes every output with one row per bundle, finite positive ratios, the
-recorded network calls match the inferer's windows, positive peak memory; and its measuring pieces count exactly
-(forward recorder, bare-forward replay, throughput counter, transform timer, peak RSS of a child)."""
+recorded network calls match the inferer's windows, positive peak memory; its measuring pieces count exactly
+(forward recorder, bare-forward replay, throughput counter, transform timer, peak RSS of a child); and every bundle's
+``speed`` section of ``tooling.json`` gives its generator options it accepts."""
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import subprocess
@@ -18,10 +20,12 @@ from ignite.engine import Engine
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import synthetic
+from common.profile import bundle_names, describe
 from conftest import ROOT, check, load_module
 
 SCRIPT = ROOT / "benchmarks" / "speed.py"
-BUNDLES = ["retinal_vessel_unet", "cardiac_mr_fcn", "liver_ct_unet3d", "lung_nodule_fcn3d", "brain_tissue_cnn2d"]
+BUNDLES = bundle_names()
 OUTPUTS = ["inference.csv", "inference_breakdown.csv", "training.csv", "memory.csv", "results.md", "speed.png"]
 
 bench = load_module(SCRIPT, "benchmark_speed")
@@ -147,13 +151,45 @@ def test_peak_rss_of_a_child(tmp_path):
 
 
 def test_settings_are_checked():
-    assert bench.make_settings(quick=True, bundles="liver,retinal_vessel_unet").bundles == (
-        "liver_ct_unet3d",
-        "retinal_vessel_unet",
-    )
+    first, second = BUNDLES[:2]
+    s = bench.make_settings(quick=True, bundles=f"{describe(first).task},{second}")  # a task name or a bundle name
+    assert s.bundles == (first, second)
+    assert set(s.overrides) == {first, second}
     with pytest.raises(ValueError, match="unknown settings"):
         bench.make_settings(epochs=3)
     with pytest.raises(ValueError, match="unknown bundle"):
         bench.make_settings(bundles="spleen")
     with pytest.raises(ValueError, match="train_epochs"):
         bench.make_settings(train_epochs=1)
+
+
+def test_quick_mode_adds_each_bundles_quick_overrides_under_the_given_ones():
+    for bundle in BUNDLES:
+        quick = describe(bundle).extra["speed"]["quick"]["overrides"]
+        given = {"some_id": 1}
+        s = bench.make_settings(quick=True, bundles=bundle, overrides={describe(bundle).task: given})
+        assert s.overrides == {bundle: {**quick, **given}}, bundle
+        assert bench.make_settings(bundles=bundle).overrides == {bundle: {}}, bundle
+        # the worker rebuilds the settings from their dict: the same settings again
+        assert bench.make_settings(**bench._settings_dict(s)) == s
+
+
+def test_every_bundle_declares_generator_options_its_generator_accepts():
+    for bundle in BUNDLES:
+        profile = describe(bundle)
+        generator = synthetic.generator(profile.task)
+        speed = profile.extra["speed"]
+        assert set(speed) == {"infer", "train", "memory", "quick"} and set(speed["quick"]) <= {
+            "infer", "train", "overrides"
+        }, bundle  # fmt: skip
+        assert speed["memory"].get("what"), f"{bundle}: speed.memory needs a 'what' for the report"
+        for kind, function in (("infer", generator.write_inputs), ("memory", generator.write_inputs),
+                               ("train", generator.write_dataset)):  # fmt: skip
+            signature = inspect.signature(function).parameters
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+                signature = inspect.signature(generator.write_dataset).parameters  # options as write_dataset's
+            parameters = set(signature) - {"output_dir", "folder", "count", "seed"}
+            accepted = parameters | ({"what"} if kind == "memory" else set())
+            for quick in (False, True):
+                options = bench.generator_options(bundle, kind, quick)
+                assert set(options) <= accepted, (bundle, kind, quick, sorted(set(options) - accepted))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,10 +11,10 @@ import numpy as np
 import pytest
 
 from common.data import load_datalist
-from conftest import ROOT, load_module
+from conftest import ROOT, load_module, run_prepare
+from synthetic import brain as synthetic
 
 SCRIPTS = ROOT / "bundles" / "brain_tissue_cnn2d" / "scripts"
-synthetic = load_module(SCRIPTS / "synthetic.py", "brain_synthetic")
 prepare_mrbrains = load_module(SCRIPTS / "prepare_mrbrains.py", "brain_prepare_mrbrains")
 
 LABELS = {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"}
@@ -249,13 +247,8 @@ def test_prepare_mrbrains_subject_folders_and_unregistered_names(mrbrains_downlo
 
 
 def test_prepare_mrbrains_command_line(mrbrains_download, tmp_path):
-    out = tmp_path / "out"
-    script = SCRIPTS / "prepare_mrbrains.py"
-    cmd = [sys.executable, str(script), "--mrbrains_dir", str(mrbrains_download), "--output_dir", str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert str(out / "dataset.json") in result.stdout
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 2
+    index = run_prepare(SCRIPTS / "prepare_mrbrains.py", "--mrbrains_dir", mrbrains_download, tmp_path / "out")
+    assert index["numTraining"] == 2
 
 
 def _break_missing_flair(subject: Path) -> tuple[type[Exception], Path]:

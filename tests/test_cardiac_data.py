@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,11 +11,11 @@ import numpy as np
 import pytest
 
 from common.data import load_datalist
-from conftest import ROOT, load_module
+from conftest import ROOT, load_module, run_prepare
+from synthetic import cardiac as synthetic
 
 SCRIPTS = ROOT / "bundles" / "cardiac_mr_fcn" / "scripts"
 prepare_acdc = load_module(SCRIPTS / "prepare_acdc.py", "cardiac_prepare_acdc")
-synthetic = load_module(SCRIPTS / "synthetic.py", "cardiac_synthetic")
 
 
 # --- synthetic phantoms ---
@@ -119,9 +117,8 @@ def acdc_download(tmp_path: Path) -> Path:
 
 def test_prepare_acdc_converts_the_download_layout(acdc_download, tmp_path):
     out = tmp_path / "out"
-    path = prepare_acdc.prepare_acdc(str(acdc_download), str(out))
-    assert Path(path) == out / "dataset.json"
-    index = json.loads(Path(path).read_text())
+    assert prepare_acdc.prepare_acdc(str(acdc_download), str(out)) == str(out / "dataset.json")
+    index = json.loads((out / "dataset.json").read_text())
     assert index["modality"] == {"0": "MRI"}
     assert index["labels"] == {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"}
     assert (index["numTraining"], index["numTest"]) == (4, 2)
@@ -196,13 +193,8 @@ def test_prepare_acdc_testing_folder_alone_is_the_test_split(acdc_download, tmp_
 
 
 def test_prepare_acdc_command_line(acdc_download, tmp_path):
-    script = SCRIPTS / "prepare_acdc.py"
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(script), "--acdc_dir", str(acdc_download), "--output_dir", str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert str(out / "dataset.json") in result.stdout
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 4
+    index = run_prepare(SCRIPTS / "prepare_acdc.py", "--acdc_dir", acdc_download, tmp_path / "out")
+    assert index["numTraining"] == 4
 
 
 def _break_no_info(patient: Path) -> tuple[type[Exception], Path]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from common.networks import FCN
 from common.networks.fcn import _Upsample
+from conftest import train_briefly
 
 TINY = (4, 8, 8, 16, 16)
 
@@ -104,14 +105,7 @@ def test_gradients_reach_the_first_layer_and_loss_drops():
     target = torch.zeros(4, 32, 32, dtype=torch.long)
     target[:, 8:24, 4:16], target[:, 4:20, 18:30] = 1, 2  # two blocks, coarse enough for 1/8-resolution scores
     x = (target[:, None].float() / 2 + 0.2 * torch.randn(4, 1, 32, 32)).clamp(0, 1)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(net(x), target)
-        loss.backward()
-        losses.append(loss.item())
-        optimizer.step()
+    losses = train_briefly(net, x, target, steps=30, lr=1e-2)
     first_conv = net.stages[0][0].conv
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
     assert losses[-1] < 0.7 * losses[0]

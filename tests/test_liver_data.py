@@ -5,23 +5,29 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 from common.data import load_datalist
-from conftest import ROOT, load_module
+from conftest import (
+    ROOT,
+    assert_same_through_monai,
+    dataset_entries,
+    load_module,
+    run_prepare,
+    synthetic_fixture,
+    world,
+)
+from synthetic import liver as synthetic
 
 SCRIPTS = ROOT / "bundles" / "liver_ct_unet3d" / "scripts"
-synthetic = load_module(SCRIPTS / "synthetic.py", "liver_synthetic")
 prepare_lits = load_module(SCRIPTS / "prepare_lits.py", "liver_prepare_lits")
 
 LABELS = {"0": "background", "1": "liver", "2": "tumour"}
@@ -29,35 +35,10 @@ LABELS = {"0": "background", "1": "liver", "2": "tumour"}
 SIZE, NUM_TRAIN, NUM_TEST, SEED = 96, 3, 1, 1
 
 
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    """Voxel sizes (mm) of an affine."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-
-
-def _world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    """World coordinates (N, 3) of voxel coordinates (N, 3)."""
-    return voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-
-
-def _load_ras(path: Path):
-    """Load an image through MONAI as the bundle does: LoadImage, EnsureChannelFirst, Orientation RAS."""
-    return Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS")])(str(path))
-
-
 # --- synthetic phantoms ---
 
 
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory) -> Path:
-    """A small synthetic data set written by ``write_dataset``."""
-    root = tmp_path_factory.mktemp("liver_synthetic")
-    synthetic.write_dataset(str(root), num_train=NUM_TRAIN, num_test=NUM_TEST, size=SIZE, seed=SEED)
-    return root
-
-
-def _entries(root: Path) -> list[dict]:
-    index = json.loads((root / "dataset.json").read_text())
-    return index["training"] + index["test"]
+synthetic_dir = synthetic_fixture("liver", num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED, size=SIZE)
 
 
 def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
@@ -70,9 +51,9 @@ def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
     assert [e["label"] for e in index["training"]] == [f"labelsTr/{n}.nii.gz" for n in names[:NUM_TRAIN]]
     assert index["test"][0]["image"] == "imagesTs/liver_003.nii.gz"
     assert index["test"][0]["label"] == "labelsTs/liver_003.nii.gz"
-    assert [e["orientation"] for e in _entries(synthetic_dir)] == ["RAS", "LPS", "RAS", "LPS"]
+    assert [e["orientation"] for e in dataset_entries(synthetic_dir)] == ["RAS", "LPS", "RAS", "LPS"]
     assert sorted(p.name for p in (synthetic_dir / "imagesTr").iterdir()) == [f"{n}.nii.gz" for n in names[:3]]
-    for entry in _entries(synthetic_dir):
+    for entry in dataset_entries(synthetic_dir):
         assert set(entry) == {
             "image",
             "label",
@@ -89,7 +70,7 @@ def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
         np.testing.assert_array_equal(image.affine, label.affine)
         assert "".join(nib.aff2axcodes(image.affine)) == entry["orientation"]
         assert image.header.get_xyzt_units() == ("mm", "sec")
-        spacing = _spacing(image.affine)
+        spacing = voxel_sizes(image.affine)
         assert 300 / SIZE - 1e-3 <= spacing[0] <= 380 / SIZE + 1e-3 and spacing[1] == pytest.approx(spacing[0])
         assert 2.5 - 1e-3 <= spacing[2] <= 5.0 + 1e-3
         assert np.allclose(image.affine[:3, :3], np.diag(np.diag(image.affine)[:3])), "axial, not oblique"
@@ -97,7 +78,7 @@ def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
 
 def test_synthetic_known_truth_equals_the_labels(synthetic_dir):
     tumours_seen = 0
-    for entry in _entries(synthetic_dir):
+    for entry in dataset_entries(synthetic_dir):
         label_image = nib.load(synthetic_dir / entry["label"])
         labels, affine = np.asarray(label_image.dataobj), label_image.affine
         voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
@@ -111,7 +92,7 @@ def test_synthetic_known_truth_equals_the_labels(synthetic_dir):
         for truth, region in zip(entry["tumours"], regions):
             volume_mm3 = region.area * voxel_ml * 1000
             assert truth["volume_ml"] == pytest.approx(volume_mm3 / 1000, abs=1e-4)
-            np.testing.assert_allclose(truth["centre_mm"], _world(affine, np.array(region.centroid)), atol=0.01)
+            np.testing.assert_allclose(truth["centre_mm"], world(affine, np.array(region.centroid)), atol=0.01)
             assert truth["diameter_mm"] == pytest.approx((6 * volume_mm3 / np.pi) ** (1 / 3), abs=0.01)
             assert 2.0 < truth["diameter_mm"] < 40.0
         tumours_seen += len(regions)
@@ -151,12 +132,12 @@ def test_tumours_lie_inside_the_liver(seed):
 
 def _centroid_x(mask: np.ndarray, affine: np.ndarray) -> float:
     """World x (mm) of the centroid of a mask."""
-    return float(_world(affine, np.argwhere(mask).mean(axis=0, keepdims=True))[0, 0])
+    return float(world(affine, np.argwhere(mask).mean(axis=0, keepdims=True))[0, 0])
 
 
 def test_liver_is_on_the_patients_right_in_world_coordinates(synthetic_dir):
     """RAS+: x grows to the patient's right, so the liver's centroid has a larger x than the body's centre."""
-    for entry in _entries(synthetic_dir):
+    for entry in dataset_entries(synthetic_dir):
         image = nib.load(synthetic_dir / entry["image"])
         labels = np.asarray(nib.load(synthetic_dir / entry["label"]).dataobj)
         body = np.asarray(image.dataobj) > -500
@@ -179,14 +160,10 @@ def test_ras_and_lps_grids_hold_the_same_anatomy(tmp_path):
     # voxel (i, j, k) of the RAS grid and (X-1-i, Y-1-j, k) of the LPS grid are the same point in the world
     corner = np.array([[0, 0, 0], [5, 7, 3], [63, 63, ras.image.shape[2] - 1]], float)
     flipped = corner * [-1, -1, 1] + [63, 63, 0]
-    np.testing.assert_allclose(_world(ras.affine, corner), _world(lps.affine, flipped), atol=1e-6)
+    np.testing.assert_allclose(world(ras.affine, corner), world(lps.affine, flipped), atol=1e-6)
     assert ras.tumours == lps.tumours
     # through MONAI, as the bundle loads them, the two files become the same array on the same grid
-    for name, phantom in (("ras", ras), ("lps", lps)):
-        nib.save(nib.Nifti1Image(phantom.image, phantom.affine), tmp_path / f"{name}.nii.gz")
-    a, b = _load_ras(tmp_path / "ras.nii.gz"), _load_ras(tmp_path / "lps.nii.gz")
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-4)
+    assert_same_through_monai(tmp_path, ras, lps)
     # orientation=None draws it from the seed, with the same anatomy
     drawn = synthetic.build_phantom(5, size=64)
     np.testing.assert_array_equal(drawn.image, ras.image if drawn.orientation == "RAS" else lps.image)
@@ -241,7 +218,7 @@ def test_synthetic_is_deterministic_per_seed():
 def test_default_case_geometry():
     image, labels, affine = synthetic.generate_case(7)
     assert image.shape[:2] == (160, 160) and 40 <= image.shape[2] <= 80
-    spacing = _spacing(affine)
+    spacing = voxel_sizes(affine)
     assert 300 / 160 - 1e-3 <= spacing[0] <= 380 / 160 + 1e-3 and 2.5 - 1e-3 <= spacing[2] <= 5 + 1e-3
     liver_slices = np.flatnonzero((labels > 0).any(axis=(0, 1)))
     assert liver_slices[0] > 0 and liver_slices[-1] < image.shape[2] - 1, "the liver is covered, with margins"
@@ -254,7 +231,7 @@ def test_large_realistic_grid():
     """The generator for the inference memory test: 512 x 512 pixels of 0.75 mm (fewer slices here, for speed)."""
     image, labels, affine = synthetic.generate_case(0, size=512, num_slices=24, spacing=(0.75, 0.75, 1.0))
     assert image.shape == labels.shape == (512, 512, 24) and image.dtype == np.int16 and labels.dtype == np.uint8
-    np.testing.assert_allclose(_spacing(affine), [0.75, 0.75, 1.0])
+    np.testing.assert_allclose(voxel_sizes(affine), [0.75, 0.75, 1.0])
     assert (labels == 1).any() and (image > 400).any() and (image < -900).any()
     # num_slices alone: the slices stretch to cover the liver with margins
     image, labels, affine = synthetic.generate_case(0, size=48, num_slices=20)
@@ -263,18 +240,6 @@ def test_large_realistic_grid():
         synthetic.generate_case(0, size=32, spacing=(1.0, 1.0))
     with pytest.raises(ValueError, match="orientation"):
         synthetic.generate_case(0, size=32, orientation="LAS")
-
-
-def test_synthetic_command_line(tmp_path):
-    out = tmp_path / "cli"
-    cmd = [sys.executable, str(SCRIPTS / "synthetic.py"), "--output_dir", str(out), "--num_train", "1"]
-    cmd += ["--num_test", "1", "--size", "48", "--seed", "2"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert str(out / "dataset.json") in result.stdout
-    index = json.loads((out / "dataset.json").read_text())
-    assert (index["numTraining"], index["numTest"]) == (1, 1)
-    assert nib.load(out / "imagesTs" / "liver_001.nii.gz").shape[:2] == (48, 48)
 
 
 # --- LiTS conversion ---
@@ -377,13 +342,8 @@ def test_prepare_lits_aligns_a_label_with_another_affine(lits_download, tmp_path
 
 
 def test_prepare_lits_command_line(lits_download, tmp_path):
-    out = tmp_path / "out"
-    script = SCRIPTS / "prepare_lits.py"
-    cmd = [sys.executable, str(script), "--lits_dir", str(lits_download), "--output_dir", str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert str(out / "dataset.json") in result.stdout
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 3
+    index = run_prepare(SCRIPTS / "prepare_lits.py", "--lits_dir", lits_download, tmp_path / "out")
+    assert index["numTraining"] == 3
 
 
 def _break_missing_segmentation(root: Path) -> tuple[type[Exception], Path]:

@@ -11,42 +11,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
 from common.data import load_datalist
-from conftest import ROOT, load_module
+from conftest import ROOT, assert_same_through_monai, dataset_entries, load_module, synthetic_fixture, world
+from synthetic import lung as synthetic
 
 SCRIPTS = ROOT / "bundles" / "lung_nodule_fcn3d" / "scripts"
-synthetic = load_module(SCRIPTS / "synthetic.py", "lung_synthetic")
 prepare_lidc = load_module(SCRIPTS / "prepare_lidc.py", "lung_prepare_lidc")
 
 SIZE, NUM_TRAIN, NUM_TEST, SEED = 96, 3, 1, 1
 
 
-def _world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    """World coordinates (N, 3) of voxel coordinates (N, 3)."""
-    return voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-
-
-def _load_ras(path: Path):
-    """Load an image through MONAI as the bundle does: LoadImage, EnsureChannelFirst, Orientation RAS."""
-    return Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS")])(str(path))
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory) -> Path:
-    """A small synthetic data set written by ``write_dataset``."""
-    root = tmp_path_factory.mktemp("lung_synthetic")
-    synthetic.write_dataset(str(root), num_train=NUM_TRAIN, num_test=NUM_TEST, size=SIZE, seed=SEED)
-    return root
-
-
-def _entries(root: Path) -> list[dict]:
-    index = json.loads((root / "dataset.json").read_text())
-    return index["training"] + index["test"]
+synthetic_dir = synthetic_fixture("lung", num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED, size=SIZE)
 
 
 def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
@@ -56,8 +35,8 @@ def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
     assert (index["numTraining"], index["numTest"]) == (NUM_TRAIN, NUM_TEST)
     assert [e["image"] for e in index["training"]] == [f"imagesTr/lung_{i:03d}.nii.gz" for i in range(3)]
     assert index["test"][0]["label"] == "labelsTs/lung_003.nii.gz"
-    assert [e["orientation"] for e in _entries(synthetic_dir)] == ["RAS", "LPS", "RAS", "LPS"]
-    for entry in _entries(synthetic_dir):
+    assert [e["orientation"] for e in dataset_entries(synthetic_dir)] == ["RAS", "LPS", "RAS", "LPS"]
+    for entry in dataset_entries(synthetic_dir):
         assert set(entry) == {"image", "label", "subject", "orientation", "nodule_count", "nodules"}
         image, label = nib.load(synthetic_dir / entry["image"]), nib.load(synthetic_dir / entry["label"])
         assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
@@ -70,7 +49,7 @@ def test_synthetic_dataset_layout_and_geometry(synthetic_dir):
 
 
 def test_synthetic_known_truth_equals_the_labels(synthetic_dir):
-    for entry in _entries(synthetic_dir):
+    for entry in dataset_entries(synthetic_dir):
         label_image = nib.load(synthetic_dir / entry["label"])
         labels, affine = np.asarray(label_image.dataobj), label_image.affine
         voxel_mm3 = abs(np.linalg.det(affine[:3, :3]))
@@ -79,7 +58,7 @@ def test_synthetic_known_truth_equals_the_labels(synthetic_dir):
         assert entry["nodule_count"] == len(regions) == len(entry["nodules"]) and 1 <= len(regions) <= 4
         for truth, region in zip(entry["nodules"], regions):
             assert truth["volume_mm3"] == pytest.approx(region.area * voxel_mm3, abs=0.01)
-            np.testing.assert_allclose(truth["centre_mm"], _world(affine, np.array(region.centroid)), atol=0.01)
+            np.testing.assert_allclose(truth["centre_mm"], world(affine, np.array(region.centroid)), atol=0.01)
             assert truth["diameter_mm"] == pytest.approx((6 * truth["volume_mm3"] / np.pi) ** (1 / 3), abs=0.01)
 
 
@@ -136,11 +115,7 @@ def test_ras_and_lps_grids_hold_the_same_anatomy(tmp_path):
     np.testing.assert_array_equal(lps.image, ras.image[::-1, ::-1])
     np.testing.assert_array_equal(lps.label, ras.label[::-1, ::-1])
     assert ras.nodules == lps.nodules
-    for name, phantom in (("ras", ras), ("lps", lps)):
-        nib.save(nib.Nifti1Image(phantom.image, phantom.affine), tmp_path / f"{name}.nii.gz")
-    a, b = _load_ras(tmp_path / "ras.nii.gz"), _load_ras(tmp_path / "lps.nii.gz")
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine), atol=1e-4)
+    assert_same_through_monai(tmp_path, ras, lps)
 
 
 def test_synthetic_is_deterministic_per_seed_and_checks_arguments():
@@ -155,14 +130,9 @@ def test_synthetic_is_deterministic_per_seed_and_checks_arguments():
         synthetic.generate_case(0, size=32, orientation="LAS")
 
 
-def test_synthetic_output_reads_with_load_datalist_and_command_line(synthetic_dir, tmp_path):
+def test_synthetic_output_reads_with_load_datalist(synthetic_dir):
     training = load_datalist(str(synthetic_dir), "training", val_fraction=0.34, seed=0)
     assert len(training) == 2 and all(Path(e["label"]).is_file() for e in training)
-    cmd = [sys.executable, str(SCRIPTS / "synthetic.py"), "--output_dir", str(tmp_path / "cli"), "--num_train", "1"]
-    cmd += ["--num_test", "0", "--size", "40", "--seed", "2"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    assert nib.load(tmp_path / "cli" / "imagesTr" / "lung_000.nii.gz").shape[:2] == (40, 40)
 
 
 # --- LIDC-IDRI conversion, on fake pylidc annotations ---
@@ -235,7 +205,7 @@ def test_dicom_affine_and_written_scan_are_lps_ordered(tmp_path):
     assert image.shape == label.shape == (12, 10, 4) and label.get_data_dtype() == np.uint8
     assert np.asarray(image.dataobj)[7, 2, 1] == 50 and np.asarray(label.dataobj)[7, 2, 1] == 1
     # column 7 lies 7 * 0.6 mm to the patient's left of the first column: RAS x = 180 - 4.2
-    np.testing.assert_allclose(_world(image.affine, np.array([[7, 2, 1]]))[0], [175.8, 148.6, -100.0])
+    np.testing.assert_allclose(world(image.affine, np.array([[7, 2, 1]]))[0], [175.8, 148.6, -100.0])
     assert not list(tmp_path.rglob(".*")), "temporary files left behind"
 
 

@@ -12,6 +12,7 @@ from monai.inferers import SliceInferer
 
 from common.networks import PatchCNN
 from common.networks.patch_cnn import patch_cnn_plan
+from conftest import train_briefly
 
 
 def randomised(net: PatchCNN, seed: int = 0) -> PatchCNN:
@@ -172,14 +173,7 @@ def test_gradients_flow_and_loss_drops_on_a_toy_problem():
     net = PatchCNN(1, 2, patch_size=21, features=(8, 16, 16), hidden=32)
     x = torch.rand(64, 1, 21, 21)
     target = (x[:, 0, 10, 10] > 0.5).long()  # class of the centre pixel: is it bright?
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(net(x), target)
-        loss.backward()
-        losses.append(loss.item())
-        optimizer.step()
+    losses = train_briefly(net, x, target, steps=25, lr=3e-3)
     first_conv = net.stages[0][0].conv
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
     assert losses[-1] < 0.5 * losses[0]

@@ -11,9 +11,9 @@ from monai.transforms import LoadImage
 from PIL import Image
 
 from conftest import ROOT, load_module
+from synthetic import retinal as synthetic
 
 SCRIPTS = ROOT / "bundles" / "retinal_vessel_unet" / "scripts"
-synthetic = load_module(SCRIPTS / "synthetic.py", "retinal_synthetic")
 prepare_drive = load_module(SCRIPTS / "prepare_drive.py", "retinal_prepare_drive")
 load = LoadImage(reader="PILReader", image_only=True)
 

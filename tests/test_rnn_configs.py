@@ -11,7 +11,8 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
 
 from common.networks import FCN, ContextUNet, ReNet2d
-from conftest import ROOT, check, config_list, epoch_losses, load_module, monai_bundle
+from conftest import ROOT, check, config_list, epoch_losses, monai_bundle
+from synthetic import retinal as synthetic
 
 RETINAL = ROOT / "bundles" / "retinal_vessel_unet"
 CARDIAC = ROOT / "bundles" / "cardiac_mr_fcn"
@@ -73,7 +74,6 @@ def test_context_unet_sees_the_far_side_of_the_image_and_plain_unet_does_not():
 
 
 def test_retinal_bundle_trains_and_serves_with_the_rnn_context(tmp_path):
-    synthetic = load_module(RETINAL / "scripts" / "synthetic.py", "retinal_synthetic_for_rnn_tests")
     data = tmp_path / "data"
     synthetic.write_dataset(str(data), num_train=4, num_test=1, size=96, seed=5)
     ckpt = tmp_path / "models" / "model.pt"

@@ -46,7 +46,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from common.data import write_dataset_json
+from common.data import write_prepared
 
 #: MRBrainS18 label -> ours (0 bg, 1 CSF, 2 GM, 3 WM), indexed by the MRBrainS18 label 0..10
 LABEL_MAP = np.array([0, 2, 2, 3, 3, 1, 1, 0, 0, 0, 0], np.uint8)
@@ -73,6 +73,15 @@ MODALITY_FILES = {
 }
 LABEL_FILE = "segm.nii.gz"
 _SUBJECT = re.compile(r"^\d+$")
+
+
+#: the converted data set's index entries (the modality names are the ones converted)
+DATASET = {
+    "name": "MRBrainS18",
+    "description": "MRBrainS18: Grand Challenge on MR Brain Segmentation (MICCAI 2018), training subjects; "
+    "labels mapped to CSF (5, 6), grey matter (1, 2), white matter (3, 4), the rest background.",
+    "tensorImageSize": "3D",
+}
 
 
 def _subject_dirs(folder: Path) -> list[Path]:
@@ -178,18 +187,8 @@ def prepare_mrbrains(mrbrains_dir: str, output_dir: str, modalities: Sequence[st
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = [_copy_case(case, out) for case in cases]
-    path = write_dataset_json(
-        out,
-        "MRBrainS18",
-        "MRBrainS18: Grand Challenge on MR Brain Segmentation (MICCAI 2018), training subjects; "
-        "labels mapped to CSF (5, 6), grey matter (1, 2), white matter (3, 4), the rest background.",
-        {str(i): name for i, name in enumerate(modalities)},
-        LABELS,
-        entries,
-        tensorImageSize="3D",
-    )
-    print(f"MRBrainS: {len(entries)} training subjects ({', '.join(modalities)}) -> {path}")
-    return str(path)
+    modality = {str(i): name for i, name in enumerate(modalities)}
+    return write_prepared(out, {**DATASET, "modality": modality, "labels": LABELS}, entries)
 
 
 if __name__ == "__main__":

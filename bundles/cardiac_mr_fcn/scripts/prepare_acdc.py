@@ -29,7 +29,7 @@ from typing import Any
 
 import fire
 
-from common.data import write_dataset_json
+from common.data import write_prepared
 
 #: our split names, ACDC's split folders and the suffix of the output folders
 SPLITS = {"training": ("training", "Tr"), "test": ("testing", "Ts")}
@@ -38,6 +38,16 @@ PHASES = ("ED", "ES")
 #: optional ``Info.cfg`` fields copied into the entries: ``Info.cfg`` key -> (entry key, type)
 EXTRA_FIELDS = {"Group": ("group", str), "Height": ("height_cm", float), "Weight": ("weight_kg", float)}
 _PATIENT = re.compile(r"^patient\d+$")
+
+
+#: the converted data set's index entries
+DATASET = {
+    "name": "ACDC",
+    "description": "ACDC: Automated Cardiac Diagnosis Challenge (MICCAI 2017), short-axis cine MR, "
+    "end-diastolic (ED) and end-systolic (ES) frames.",
+    "modality": {"0": "MRI"},
+    "labels": {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
+}
 
 
 def _patient_dirs(folder: Path) -> list[Path]:
@@ -143,20 +153,7 @@ def prepare_acdc(acdc_dir: str, output_dir: str) -> str:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = {split: [_copy_case(case, out, SPLITS[split][1]) for case in cases[split]] for split in SPLITS}
-    path = write_dataset_json(
-        out,
-        "ACDC",
-        "ACDC: Automated Cardiac Diagnosis Challenge (MICCAI 2017), short-axis cine MR, "
-        "end-diastolic (ED) and end-systolic (ES) frames.",
-        {"0": "MRI"},
-        {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"},
-        entries["training"],
-        entries["test"],
-    )
-    labelled = sum("label" in e for e in entries["test"])
-    n_train, n_test = len(entries["training"]), len(entries["test"])
-    print(f"ACDC: {n_train} training and {n_test} test frames ({labelled} labelled) -> {path}")
-    return str(path)
+    return write_prepared(out, DATASET, entries["training"], entries["test"])
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from common.data import write_dataset_json
+from common.data import write_prepared
 
 LABELS = {"0": "background", "1": "liver", "2": "tumour"}
 #: the LiTS file kinds, by file name
@@ -58,6 +58,16 @@ PATTERNS = {
 }
 #: largest difference (mm) between a segmentation's affine and its volume's that passes without a note
 AFFINE_TOLERANCE_MM = 0.01
+
+
+#: the converted data set's index entries
+DATASET = {
+    "name": "LiTS",
+    "description": "LiTS: Liver Tumor Segmentation Benchmark (ISBI and MICCAI 2017; Bilic et al., Medical Image "
+    "Analysis 2023), contrast-enhanced abdominal CT in HU; labels 0 background, 1 liver, 2 tumour.",
+    "modality": {"0": "CT"},
+    "tensorImageSize": "3D",
+}
 
 
 def find_lits_files(lits_dir: str | Path) -> dict[str, dict[int, Path]]:
@@ -204,19 +214,7 @@ def prepare_lits(lits_dir: str, output_dir: str, include_test: bool = True) -> s
         name = f"lits_test_{case['lits_id']:03d}"
         _copy_volume(case["volume"], out / f"imagesTs/{name}.nii.gz")
         test.append({"image": f"imagesTs/{name}.nii.gz", "subject": name, "lits_id": case["lits_id"]})
-    path = write_dataset_json(
-        out,
-        "LiTS",
-        "LiTS: Liver Tumor Segmentation Benchmark (ISBI and MICCAI 2017; Bilic et al., Medical Image Analysis 2023), "
-        "contrast-enhanced abdominal CT in HU; labels 0 background, 1 liver, 2 tumour.",
-        {"0": "CT"},
-        LABELS,
-        training,
-        test,
-        tensorImageSize="3D",
-    )
-    print(f"LiTS: {len(training)} labelled training and {len(test)} unlabelled test volumes -> {path}")
-    return str(path)
+    return write_prepared(out, {**DATASET, "labels": LABELS}, training, test)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from common.data import write_dataset_json
+from common.data import write_prepared
 
 LABELS = {"0": "background", "1": "nodule"}
 MISSING_PYLIDC = (
@@ -46,6 +46,10 @@ class Outline(Protocol):
     def bbox(self) -> tuple[slice, slice, slice]: ...
 
     def boolean_mask(self) -> np.ndarray: ...
+
+
+#: the converted data set's index entries
+DATASET = {"name": "LIDC-IDRI", "description": "LIDC-IDRI nodules, consensus masks", "modality": {"0": "CT"}}
 
 
 def import_pylidc() -> Any:
@@ -126,9 +130,7 @@ def main(output_dir: str, max_scans: int | None = None, agreement: float = 0.5, 
         entry = write_scan(root, f"lidc_{n:04d}", volume, affine, scan.cluster_annotations(), agreement=agreement,
                            min_readers=min_readers)  # fmt: skip
         entries.append({**entry, "patient_id": scan.patient_id})
-    path = write_dataset_json(root, "LIDC-IDRI", "LIDC-IDRI nodules, consensus masks", {"0": "CT"}, LABELS, entries)
-    print(f"wrote {len(entries)} scans to {root}, index {path}")
-    return str(path)
+    return write_prepared(root, {**DATASET, "labels": LABELS}, entries)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,19 @@ from pathlib import Path
 
 import fire
 
-from common.data import write_dataset_json
+from common.data import write_prepared
 
 #: DRIVE's split folders and the file-name suffix of their photographs and FOV masks
 SPLITS = {"training": ("Tr", "_training"), "test": ("Ts", "_test")}
+
+
+#: the converted data set's index entries
+DATASET = {
+    "name": "DRIVE",
+    "description": "DRIVE: Digital Retinal Images for Vessel Extraction (40 colour fundus photographs, 565x584).",
+    "modality": {"0": "R", "1": "G", "2": "B"},
+    "labels": {"0": "background", "1": "vessel"},
+}
 
 
 def _find_root(drive_dir: Path) -> Path:
@@ -84,22 +93,10 @@ def prepare_drive(drive_dir: str, output_dir: str) -> str:
     """Copy DRIVE into ``output_dir`` with a Decathlon-style ``dataset.json``; return the JSON's path."""
     root = _find_root(Path(drive_dir))
     cases = {split: _split_cases(root, split) for split in SPLITS}  # check everything before copying anything
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = {split: [_copy_case(case, out, SPLITS[split][0]) for case in cases[split]] for split in SPLITS}
-    path = write_dataset_json(
-        out,
-        "DRIVE",
-        "DRIVE: Digital Retinal Images for Vessel Extraction (40 colour fundus photographs, 565x584).",
-        {"0": "R", "1": "G", "2": "B"},
-        {"0": "background", "1": "vessel"},
-        entries["training"],
-        entries["test"],
-    )
-    labelled = sum("label" in e for e in entries["test"])
-    n_train, n_test = len(entries["training"]), len(entries["test"])
-    print(f"DRIVE: {n_train} training and {n_test} test cases ({labelled} labelled) -> {path}")
-    return str(path)
+    copied = {
+        split: [_copy_case(case, Path(output_dir), tag) for case in cases[split]] for split, (tag, _) in SPLITS.items()
+    }
+    return write_prepared(output_dir, DATASET, copied["training"], copied["test"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,245 @@
+"""The contract every bundle keeps (docs/design.md), checked on each bundle through its quick demo run: metadata
+and network verify offline, a tiny training lowers the loss and beats chance Dice, evaluation writes per-case and
+summary metrics, inference writes every output in the input's grid and skips bad files, training resumes, the
+TorchScript export matches, the bundle exports and verifies, torchrun trains. What the tests need to know about a
+bundle comes from ``common.profile.describe``: nothing here branches on a bundle's name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import (
+    BUNDLE_NAMES,
+    ROOT,
+    QuickRun,
+    assert_bundle_verifies,
+    assert_resumes_one_epoch,
+    assert_torchrun_trains_one_epoch,
+    assert_torchscript_matches,
+    check,
+    config_list,
+    epoch_losses,
+    monai_bundle,
+    read_csv,
+    training_preprocessing,
+)
+from synthetic.demo import segmentation_path
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected deprecated name 'optional_packages_version'")
+
+
+@pytest.fixture(params=BUNDLE_NAMES)
+def run(request, quick_run) -> QuickRun:
+    """The bundle's quick demo run (made once per session)."""
+    return quick_run(request.param)
+
+
+def files_of(image: str | list[str]) -> list[str]:
+    """The files of a data-list image entry (one per modality for a multimodal case)."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def read_grid(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixel values and affine of a NIfTI file, or pixel values (and no affine) of a photograph or 8-bit mask."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        image = nib.load(path)
+        return np.asarray(image.dataobj), image.affine
+    return np.asarray(Image.open(path)), None
+
+
+def test_metadata_and_network_verify_offline(run):
+    check_ = run.profile.network_check
+    assert_bundle_verifies(run.profile.root, check_["config"], **check_.get("options", {}))
+
+
+def test_quick_training_lowers_the_loss_and_beats_chance_dice(run):
+    quick = run.profile.quick
+    losses = epoch_losses(run.log)
+    assert len(losses) == quick["train"]["max_epochs"]
+    first, last = np.mean(losses[1]), np.mean(losses[max(losses)])
+    assert last < quick["max_loss_ratio"] * first, f"loss went from {first:.3f} to {last:.3f}"
+    assert run.ckpt.is_file(), "no best checkpoint written"
+    assert list((run.out / "train" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard log"
+    # chance: the best label-blind guess marks the whole image as the class, Dice 2p / (1 + p) for a class that
+    # covers a fraction p of the test images; the trained bundle must be well above it and above its floor
+    summary = json.loads((run.out / "eval" / "metrics_summary.json").read_text())
+    labels = [read_grid(run.data / case["label"])[0] for case in run.index["test"]]
+    num_classes = len(run.profile.classes)
+    for index, key in run.profile.dice_keys.items():
+        if key not in quick["min_dice"]:
+            continue
+        fractions = [np.mean((lab > 0) if lab.max() > num_classes - 1 else (lab == index)) for lab in labels]
+        chance = max(2 * p / (1 + p) for p in fractions)
+        assert summary[key]["mean"] > max(quick["min_dice"][key], chance + 0.15), (key, summary[key], chance)
+
+
+def test_evaluation_writes_per_case_and_summary_metrics(run):
+    test_cases = run.index["test"]
+    rows = read_csv(run.out / "eval" / "metrics.csv")
+    summary = json.loads((run.out / "eval" / "metrics_summary.json").read_text())
+    assert len(rows) == summary["cases"] == len(test_cases)
+    for key in run.profile.dice_keys.values():
+        assert key in rows[0] and key in summary, key
+        assert all(row[key] == "" or 0.0 <= float(row[key]) <= 1.0 or row[key] == "nan" for row in rows), key
+
+
+def test_inference_writes_every_output_in_the_input_grid(run):
+    inference = run.out / "inference"
+    test_cases = run.index["test"]
+    for case in test_cases:
+        seg_path = segmentation_path(run.profile, inference, case)
+        assert seg_path.is_file(), f"{seg_path.name} not written"
+        source, source_affine = read_grid(run.data / files_of(case["image"])[0])
+        seg, seg_affine = read_grid(seg_path)
+        spatial = source.shape[: run.profile.image_dims]
+        assert seg.shape == spatial, (seg_path.name, seg.shape, spatial)
+        if source_affine is not None:
+            np.testing.assert_allclose(seg_affine, source_affine, atol=1e-4, err_msg=seg_path.name)
+        assert np.issubdtype(seg.dtype, np.integer)
+        assert len(np.unique(seg)) <= len(run.profile.classes)
+    assert not [p for p in inference.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    # every case has its measurements, once; the overlays of the demo were drawn
+    measurements = [p for p in inference.glob("*.csv") if len(read_csv(p)) == len(test_cases)]
+    assert measurements, "no per-case measurements table with one row per case"
+    assert len(list(run.out.glob("overlay_*.png"))) == min(3, len(test_cases))
+    assert "held-out cases" in run.log
+
+
+def _broken_and_flat_inputs(run: QuickRun, folder: Path) -> tuple[str, str]:
+    """A good test case copied into ``folder``, plus an unreadable file and an image with too few dimensions or
+    channels, in the bundle's own file format; return the names of the two bad files."""
+    case = run.index["test"][0]
+    for image in files_of(case["image"]):
+        (folder / Path(image).name).write_bytes((run.data / image).read_bytes())
+    first = run.data / files_of(case["image"])[0]
+    ext = first.name[len(first.name.split(".")[0]) :]
+    (folder / f"broken{ext}").write_bytes(b"\x1f\x8b\x89PNG not really an image")
+    if run.profile.image_dims == 2:
+        Image.fromarray(np.zeros((40, 30), np.uint8)).save(folder / f"flat{ext}")  # one channel, not three
+    else:
+        image = nib.load(first)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., 0], image.affine), folder / f"flat{ext}")
+    return f"broken{ext}", f"flat{ext}"
+
+
+def test_bad_files_are_skipped_and_the_good_case_is_written(run, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    broken, flat = _broken_and_flat_inputs(run, inputs)
+    out = run.segment(inputs, outputs)
+    assert segmentation_path(run.profile, outputs, run.index["test"][0]).is_file()
+    failures = {Path(f["image"]).name: f["error"] for f in json.loads((outputs / "failed_cases.json").read_text())}
+    assert set(failures) == {broken, flat}, failures
+    assert broken in failures[broken] and flat in failures[flat]
+    assert "expected 3" in failures[flat], failures[flat]
+    assert "skipped" in out
+    assert not list(outputs.glob("broken*")) and not list(outputs.glob("flat*"))
+    assert not [p for p in outputs.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_empty_input_folder_is_reported(name, tmp_path):
+    bundle = ROOT / "bundles" / name
+    result = monai_bundle(
+        "run",
+        config_file=config_list(bundle, "inference.json"),
+        bundle_root=bundle,
+        input_dir=tmp_path,
+        output_dir=tmp_path / "out",
+        ckpt_path=tmp_path / "missing.pt",
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path}: input_dir holds no images" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("fault", ["label_values", "label_shape", "nan"])
+def test_bad_training_case_is_refused_naming_the_file(run, tmp_path, fault):
+    case = run.index["training"][0]
+    images = [run.data / p for p in files_of(case["image"])]
+    label_path = run.data / case["label"]
+    if not label_path.name.endswith(".nii.gz"):
+        pytest.skip("8-bit mask labels: any value is a class (0 / non-zero), and no NaN")
+    label = nib.load(label_path)
+    values = np.asarray(label.dataobj).copy()
+    culprit = "lab.nii.gz"
+    if fault == "label_values":
+        values[0, 0, 0] = len(run.profile.classes) + 3
+        expected = f"outside the classes 0..{len(run.profile.classes) - 1}"
+    elif fault == "label_shape":
+        values = values[:, :-2]
+        expected = "spatial shape"
+    else:
+        culprit, expected = images[0].name, "NaN"
+    nib.save(nib.Nifti1Image(values, label.affine), tmp_path / "lab.nii.gz")
+    paths = []
+    for image in images:
+        data = np.asarray(nib.load(image).dataobj).astype(np.float32)
+        if fault == "nan" and image == images[0]:
+            data[3, 3, 1] = np.nan
+        nib.save(nib.Nifti1Image(data, nib.load(image).affine), tmp_path / image.name)
+        paths.append(str(tmp_path / image.name))
+    entry = {"image": paths if isinstance(case["image"], list) else paths[0], "label": str(tmp_path / "lab.nii.gz")}
+    with pytest.raises(Exception) as err:
+        training_preprocessing(run.profile)(entry)
+    text = str(err.value.__cause__ or err.value)
+    assert culprit in text and expected in text, text
+
+
+def test_training_resumes_from_the_last_checkpoint(run):
+    quick = run.profile.quick
+    overrides = {**quick.get("overrides", {}), "val_interval": quick["train"]["val_interval"]}
+    extra = {k: v for k, v in quick["train"].items() if k not in ("max_epochs", "val_interval")}
+    assert_resumes_one_epoch(run.profile.root, run.as_trained(), run.data, quick["train"]["max_epochs"],
+                             **overrides, **extra)  # fmt: skip
+
+
+def test_torchscript_export_matches_the_network(run, tmp_path):
+    quick = run.profile.quick
+    x = torch.rand(*quick["torchscript_input"])
+    config = quick.get("torchscript_config", "train.json")
+    assert_torchscript_matches(run.profile.root, run.ckpt, tmp_path, x, config=config)
+
+
+def test_export_with_measured_metrics_then_verify(run, tmp_path):
+    out = tmp_path / "out"
+    check(
+        subprocess.run(
+            [sys.executable, "-m", "common.export", str(run.profile.root.relative_to(ROOT)), "--out", str(out),
+             "--ckpt", str(run.ckpt), "--metrics", str(run.out / "eval" / "metrics_summary.json"),
+             "--trained_on", "the quick synthetic demo run (python -m synthetic.demo NAME --quick)"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "common.verify", str(out / run.profile.name)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0 and "verify_net_in_out passed" in result.stdout, result.stdout + result.stderr
+    assert "model.ts" in result.stdout or (out / run.profile.name / "models" / "model.ts").is_file()
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(run, tmp_path):
+    """Two gloo processes on CPU, each with a validation case: absolute paths, training split in two."""
+    entries = run.index["training"]
+
+    def absolute(entry: dict) -> dict:
+        image = [str(run.data / p) for p in files_of(entry["image"])]
+        return {**entry, "image": image if isinstance(entry["image"], list) else image[0],
+                "label": str(run.data / entry["label"]),
+                **({"mask": str(run.data / entry["mask"])} if "mask" in entry else {})}  # fmt: skip
+
+    split = max(len(entries) - 2, 1)
+    listing = {"training": [absolute(e) for e in entries[:split]], "validation": [absolute(e) for e in entries[split:]]}
+    (tmp_path / "dataset.json").write_text(json.dumps(listing))
+    port = 29530 + BUNDLE_NAMES.index(run.profile.name)
+    assert_torchrun_trains_one_epoch(
+        run.profile.root, tmp_path, tmp_path, port=port, **run.profile.quick.get("overrides", {})
+    )
