@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from common.tables import case_stem, summarize, write_csv_atomic, write_json_atomic
 
@@ -90,3 +91,39 @@ class CaseTableWriter:
             for column, stats in summary.items():
                 engine.state.metrics[f"{name}/{column}"] = stats["mean"]
             logger.info("wrote %d rows to %s", len(rows), self.output_dir / f"{name}.csv")
+
+
+class BestModelState:
+    """The best validation metric and its epoch, kept in the training checkpoint (an entry of the trainer's
+    ``CheckpointSaver`` ``save_dict`` and ``CheckpointLoader`` ``load_dict``), so that a resumed run knows its best
+    model: the evaluator's ``best_metric`` is restored and the best-model saver overwrites ``best_filename`` only
+    with a better one.
+
+    Args:
+        evaluator: the validation engine (its ``state.best_metric`` and ``state.best_metric_epoch``).
+        handlers: the evaluator's handlers; the ``CheckpointSaver`` among them that saves on the key metric is told
+            which score its file holds.
+        best_filename: the best model's file name in that saver's folder (``key_metric_filename``).
+    """
+
+    def __init__(self, evaluator: Engine, handlers: list[Any] | None, best_filename: str) -> None:
+        self.evaluator = evaluator
+        self.handlers = list(handlers or [])
+        self.best_filename = best_filename
+
+    def state_dict(self) -> dict[str, float | int]:
+        """The best metric and its epoch, as a checkpoint stores them."""
+        return {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the best metric and its epoch, and the best-model saver's record of the score it saved."""
+        best, epoch = float(state["best_metric"]), int(state["best_metric_epoch"])
+        self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = best, epoch
+        if epoch < 0:
+            return  # no validation ran before the checkpoint: nothing saved yet
+        for saver in (h for h in self.handlers if isinstance(h, CheckpointSaver)):
+            saver.load_state_dict({"_saved": [(best, self.best_filename)]})
+        logger.info(f"resumed: the best model {self.best_filename} has validation metric {best:.4f} (epoch {epoch})")

@@ -180,22 +180,39 @@ def train_bundle(bundle: Path, dataset: Path, work: Path, configs: tuple[str, ..
 
 
 def assert_resumes_one_epoch(bundle: Path, trained: dict, dataset: Path, epochs: int, **overrides) -> None:
-    """Resume a finished run with one more epoch: the trainer state is restored and only that epoch trains."""
+    """Resume a finished run with one more epoch, validated: the trainer state and the best metric are restored,
+    only that epoch trains, and the best model is overwritten only if that epoch beats the restored best."""
+    import torch
+
+    ckpt = Path(trained["ckpt"])
+    last = max(ckpt.parent.glob("checkpoint_*.pt"), key=lambda p: p.stat().st_mtime)
+    before = torch.load(last, map_location="cpu", weights_only=True)["best_model"]
+    best_mtime = ckpt.stat().st_mtime_ns
     resumed = check(
         monai_bundle(
             "run",
             config_file=config_list(bundle, "train.json"),
             bundle_root=bundle,
             dataset_dir=dataset,
-            ckpt_path=trained["ckpt"],
+            ckpt_path=ckpt,
             output_dir=trained["work"] / "train",
             max_epochs=epochs + 1,
             resume=True,
-            **overrides,
+            **{**overrides, "val_interval": 1},
         )
     )
     assert "Restored all variables from" in resumed
     assert sorted(epoch_losses(resumed)) == [epochs + 1], "resumed run should train only the remaining epoch"
+    previous, previous_epoch = before["best_metric"], before["best_metric_epoch"]
+    assert 0 < previous_epoch <= epochs
+    assert f"has validation metric {previous:.4f} (epoch {previous_epoch})" in resumed, "best metric not restored"
+    best, best_epoch = re.findall(r"Key metric: \S+ best value: ([0-9.e-]+) at epoch: (\d+)", resumed)[-1]
+    if int(best_epoch) == epochs + 1:  # the resumed epoch beat the restored best: the best model is replaced
+        assert float(best) > previous
+        assert ckpt.stat().st_mtime_ns != best_mtime, "a better model was not saved"
+    else:  # the restored best stands: a worse epoch must not overwrite the best model
+        assert float(best) == pytest.approx(previous) and int(best_epoch) == previous_epoch
+        assert ckpt.stat().st_mtime_ns == best_mtime, "the best model was overwritten by a worse one"
 
 
 def assert_torchscript_matches(bundle: Path, ckpt: Path, tmp_path: Path, x, config: str = "train.json") -> None:
