@@ -59,19 +59,17 @@ def check(result: subprocess.CompletedProcess) -> str:
     return output
 
 
+def run_inference(bundle: Path, inputs: Path, outputs: Path, ckpt: Path, **overrides: object):
+    """Run ``inference.json`` over the folder ``inputs`` into ``outputs``; return the finished process."""
+    config = config_list(bundle, "inference.json")
+    return monai_bundle(
+        "run", config_file=config, bundle_root=bundle, input_dir=inputs, output_dir=outputs, ckpt_path=ckpt, **overrides
+    )
+
+
 def segment(bundle: Path, inputs: Path, outputs: Path, ckpt: Path, **overrides: object) -> str:
     """Run ``inference.json`` over the folder ``inputs`` into ``outputs``, assert it succeeded, return its output."""
-    return check(
-        monai_bundle(
-            "run",
-            config_file=config_list(bundle, "inference.json"),
-            bundle_root=bundle,
-            input_dir=inputs,
-            output_dir=outputs,
-            ckpt_path=ckpt,
-            **overrides,
-        )
-    )
+    return check(run_inference(bundle, inputs, outputs, ckpt, **overrides))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -26,10 +26,9 @@ from conftest import (
     assert_torchrun_trains_one_epoch,
     assert_torchscript_matches,
     check,
-    config_list,
     epoch_losses,
-    monai_bundle,
     read_csv,
+    run_inference,
     training_preprocessing,
 )
 from synthetic.demo import segmentation_path
@@ -149,14 +148,7 @@ def test_bad_files_are_skipped_and_the_good_case_is_written(run, tmp_path):
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_empty_input_folder_is_reported(name, tmp_path):
     bundle = ROOT / "bundles" / name
-    result = monai_bundle(
-        "run",
-        config_file=config_list(bundle, "inference.json"),
-        bundle_root=bundle,
-        input_dir=tmp_path,
-        output_dir=tmp_path / "out",
-        ckpt_path=tmp_path / "missing.pt",
-    )
+    result = run_inference(bundle, tmp_path, tmp_path / "out", tmp_path / "missing.pt")
     assert result.returncode != 0
     assert f"{tmp_path}: input_dir holds no images" in result.stdout + result.stderr
 

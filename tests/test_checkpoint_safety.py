@@ -9,7 +9,7 @@ import os
 import torch
 from packaging.requirements import Requirement
 
-from conftest import ROOT, config_list, monai_bundle
+from conftest import ROOT, run_inference
 from synthetic.retinal import write_image
 
 
@@ -41,14 +41,7 @@ def test_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
     inputs.mkdir()
     write_image(str(inputs / "eye.png"), 96, 96, seed=1)
     bundle = ROOT / "bundles" / "retinal_vessel_unet"
-    result = monai_bundle(
-        "run",
-        config_file=config_list(bundle, "inference.json"),
-        bundle_root=bundle,
-        input_dir=inputs,
-        output_dir=tmp_path / "out",
-        ckpt_path=ckpt,
-    )
+    result = run_inference(bundle, inputs, tmp_path / "out", ckpt)
     assert result.returncode != 0, result.stdout[-2000:]
     output = result.stdout + result.stderr
     assert "Weights only load failed" in output or "weights_only" in output, output[-2000:]
