@@ -109,6 +109,24 @@ def read_large_files(root: str | os.PathLike) -> list[dict[str, Any]]:
     return entries
 
 
+def check_weights(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
+    """Before weights are loaded: when ``bundle_root/large_files.yml`` lists ``ckpt_path``, the file's checksum must
+    be the listed one, else a one-line ``BundleError``. Weights it does not list (a lab's own training) pass."""
+    root = Path(bundle_root)
+    if not (root / "large_files.yml").is_file():
+        return
+    ckpt = Path(ckpt_path)
+    for entry in read_large_files(root):
+        if not ckpt.is_file() or inside(root, entry["path"]).resolve() != ckpt.resolve():
+            continue
+        actual = file_hash(ckpt, entry["hash_type"])
+        if actual != entry["hash_val"]:
+            raise BundleError(
+                f"{ckpt}: its {entry['hash_type']} {actual[:16]}... is not the {entry['hash_val'][:16]}... listed in "
+                f"{root / 'large_files.yml'}: the weights are corrupted or were replaced; download the bundle again."
+            )
+
+
 def inside(root: str | os.PathLike, relative: str) -> Path:
     """``root/relative``, raising ``BundleError`` when ``relative`` is absolute or climbs out of ``root``."""
     parts = PurePosixPath(relative.replace("\\", "/")).parts
