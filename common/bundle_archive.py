@@ -26,7 +26,7 @@ IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".pytest_cache", ".ruf
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-class BundleError(Exception):
+class BundleError(ValueError):
     """A bundle that must not be used: one message naming the file and what is wrong with it."""
 
 
@@ -110,9 +110,14 @@ def read_large_files(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def check_weights(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike) -> None:
-    """Before weights are loaded: when ``bundle_root/large_files.yml`` lists ``ckpt_path``, the file's checksum must
-    be the listed one, else a one-line ``BundleError``. Weights it does not list (a lab's own training) pass."""
+    """Before weights are loaded: ``ckpt_path`` must exist and, when ``bundle_root/large_files.yml`` lists it, have
+    the listed checksum, else a one-line ``BundleError``. Weights it does not list (a lab's own training) pass."""
     root = Path(bundle_root)
+    if not Path(ckpt_path).is_file():
+        raise BundleError(
+            f"{ckpt_path}: no weights there; train the bundle first (train.json writes models/model.pt) or pass "
+            f"--ckpt_path with the path of a trained model.pt."
+        )
     if not (root / "large_files.yml").is_file():
         return
     ckpt = Path(ckpt_path)
@@ -123,7 +128,9 @@ def check_weights(bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike) 
         if actual != entry["hash_val"]:
             raise BundleError(
                 f"{ckpt}: its {entry['hash_type']} {actual[:16]}... is not the {entry['hash_val'][:16]}... listed in "
-                f"{root / 'large_files.yml'}: the weights are corrupted or were replaced; download the bundle again."
+                f"{root / 'large_files.yml'}: the weights are corrupted or were replaced; download the bundle again "
+                f"(weights you trained yourself: pass them as --ckpt_path from another folder, or drop their entry "
+                f"from large_files.yml)."
             )
 
 

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.misc import is_dicom
 
-from common.tables import write_json_atomic
+from common.tables import case_stem, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 PATH_KEYS = ("image", "label", "mask")
 #: a file stem ending in a four-digit channel index, ``<case>_0000`` (nnU-Net)
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+#: a data-list entry holding this key is refused with its message without being read (``ScreenedDataset``)
+REFUSED_KEY = "refused"
 
 
 def _absolute(entry: dict[str, Any], root: Path, source: Path) -> dict[str, Any]:
@@ -74,7 +76,10 @@ def load_datalist(
     """
     source = Path(dataset_dir) / "dataset.json"
     if not source.is_file():
-        raise FileNotFoundError(f"{source}: no dataset.json in dataset_dir {dataset_dir}.")
+        raise FileNotFoundError(
+            f"{source}: no dataset.json in dataset_dir {dataset_dir}; pass --dataset_dir with the folder that holds "
+            f"it (the bundle's scripts/prepare_*.py write one from a public data set's layout)."
+        )
     try:
         with open(source) as f:
             index = json.load(f)
@@ -142,19 +147,57 @@ def list_images(
         kinds = ", ".join(suffixes) + (" or DICOM series folders" if series_folders else "")
         raise FileNotFoundError(f"{folder}: input_dir holds no images ending in {kinds}.")
     if not group_channels:
-        return [{"image": str(p)} for p in sorted(files + series)]
+        return _refuse_shared_output_names([({"image": str(p)}, case_stem(p)) for p in sorted(files + series)])
     cases: dict[str, list[tuple[int, str]]] = {}
     singles = []
     for path in files:
         channel_case = _channel_case(path.name, suffixes)
         if channel_case is None:
-            singles.append({"image": str(path)})
+            singles.append(({"image": str(path)}, case_stem(path)))
         else:
             cases.setdefault(channel_case[0], []).append((channel_case[1], str(path)))
-    grouped = [{"image": [path for _, path in sorted(channels)]} for _, channels in sorted(cases.items())]
-    return sorted(
-        grouped + singles, key=lambda case: case["image"][0] if isinstance(case["image"], list) else case["image"]
-    )
+    grouped = [(_channel_group(sorted(channels)), case_stem(name)) for name, channels in sorted(cases.items())]
+    return _refuse_shared_output_names(sorted(grouped + singles, key=lambda named: _first_file(named[0])))
+
+
+def _first_file(entry: dict[str, Any]) -> str:
+    """The first file of a data-list entry (the first channel of a multimodal case)."""
+    image = entry["image"]
+    return str(image[0] if isinstance(image, list) else image)
+
+
+def _channel_group(channels: list[tuple[int, str]]) -> dict[str, Any]:
+    """The entry of a case given as ``<case>_XXXX`` files, refused when the channel numbers are not 0, 1, 2, ..."""
+    entry: dict[str, Any] = {"image": [path for _, path in channels]}
+    numbers = [number for number, _ in channels]
+    if numbers != list(range(len(numbers))):
+        missing = sorted(set(range(max(numbers) + 1)) - set(numbers))
+        found = ", ".join(f"_{n:04d}" for n in numbers)
+        entry[REFUSED_KEY] = (
+            f"{channels[0][1]}: the case's channel files are numbered {found}"
+            + (f", without {', '.join(f'_{n:04d}' for n in missing)}" if missing else "")
+            + f"; number them _0000 to _{len(numbers) - 1:04d} in the bundle's modality order."
+        )
+    return entry
+
+
+def _refuse_shared_output_names(named: list[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    """The entries, with every group of inputs whose outputs would share a name (``case.png`` and ``case.jpg`` both
+    give ``case_seg``) refused, each naming the others: writing one would silently replace the other."""
+    by_stem: dict[str, list[dict[str, Any]]] = {}
+    for entry, stem in named:
+        by_stem.setdefault(stem, []).append(entry)
+    for stem, entries in by_stem.items():
+        if len(entries) > 1:
+            names = [_first_file(e) for e in entries]
+            for entry, name in zip(entries, names):
+                others = ", ".join(n for n in names if n != name)
+                entry.setdefault(
+                    REFUSED_KEY,
+                    f"{name}: gives the same output name ({stem}_seg) as {others}; rename one of them so that "
+                    f"each case has its own name.",
+                )
+    return [entry for entry, _ in named]
 
 
 def write_dataset_json(

@@ -31,6 +31,7 @@ from common.bundle_archive import (
     weight_files,
     write_large_files,
 )
+from common.packages import OWN_FIELDS, PACKAGES_KEY, declared_distributions, installed_versions, needed_distributions
 from common.verify import NETWORK_CONFIG, build_network, bundle_on_path, example_input_shape, load_weights
 
 #: the shared package; the modules of it that a bundle needs are copied into its export so ``import common``
@@ -220,6 +221,29 @@ def results_section(
     return "\n".join(lines)
 
 
+def install_line(meta: Mapping[str, Any]) -> str:
+    """The ``pip install`` command for what the exported bundle needs: MONAI, PyTorch and NumPy at the versions its
+    metadata names, and every package of ``PACKAGES_KEY``."""
+    pins = {name: meta[field] for name, field in OWN_FIELDS.items() if field in meta}
+    pins.update(meta.get(PACKAGES_KEY, {}))
+    return "pip install " + " ".join(f'"{name}=={version}"' for name, version in pins.items())
+
+
+def install_section(meta: Mapping[str, Any]) -> str:
+    """The model card section saying what to install to run the exported bundle, and nothing more."""
+    lines = [
+        "## What to install",
+        "",
+        "Everything the configs, `scripts/` and the vendored `common/` import, at the versions this export was made "
+        "with (`metadata.json`); nothing else is needed (the CPU build of PyTorch is enough to run it):",
+        "",
+        "```",
+        install_line(meta),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def vendored_section(files: Sequence[str]) -> str:
     """The model card section listing the vendored ``common`` files."""
     lines = [
@@ -285,6 +309,8 @@ def _build(
 
     meta_file = root / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
+    needed = needed_distributions(root, [root / f for f in vendored if f.endswith(".py")])
+    meta[PACKAGES_KEY] = installed_versions(needed | set(declared_distributions(meta_file)))
     if summary:
         meta["eval_metrics"] = {
             f"mean_{name}": stats["mean"]
@@ -316,7 +342,7 @@ def _build(
     card.parent.mkdir(exist_ok=True)
     previous = card.read_text().rstrip() + "\n\n" if card.is_file() else ""
     results = results_section(meta["version"], summary, trained_on, meta["weights_sha256"])
-    card.write_text(previous + results + "\n" + vendored_section(vendored))
+    card.write_text(previous + results + "\n" + install_section(meta) + "\n" + vendored_section(vendored))
     return meta
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from common.screening import fail_case
 from common.tables import case_stem, summarize, write_csv_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class CaseTableWriter:
         source_key: key whose metadata names the case's file.
         derived: further tables made from all rows at the end of the run, ``{name: fn(rows) -> rows}``, each
             written as ``<name>.csv`` and ``<name>_summary.json`` (e.g. per-subject indices from per-case rows).
+        report_path: with it (inference over a folder), a case whose ``row_fn`` fails fails alone: its outputs are
+            removed and it is listed there (``common.screening.fail_case``); without it, the error stops the run.
+        failed_key: key of a case that already failed in post-processing (``GuardedCompose``): it gets no row.
     """
 
     def __init__(
@@ -50,6 +54,8 @@ class CaseTableWriter:
         per_case_json: bool = False,
         source_key: str = "image",
         derived: Mapping[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] | None = None,
+        report_path: str | None = None,
+        failed_key: str = "case_failed",
     ) -> None:
         self.row_fn = row_fn
         self.output_dir = Path(output_dir)
@@ -57,6 +63,8 @@ class CaseTableWriter:
         self.per_case_json = per_case_json
         self.source_key = source_key
         self.derived = dict(derived or {})
+        self.report_path = report_path
+        self.failed_key = failed_key
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -74,8 +82,16 @@ class CaseTableWriter:
         batches = batches if isinstance(batches, list) and len(batches) == len(outputs) else [{}] * len(outputs)
         for batch_item, output_item in zip(batches, outputs):
             item = {**batch_item, **output_item}  # post-processing leaves unchanged inputs (e.g. a mask) in the batch
+            if item.get(self.failed_key):
+                continue
             source = _source_of(item, self.source_key)
-            row = {"case": case_stem(source), "file": source, **self.row_fn(item)}
+            try:
+                row = {"case": case_stem(source), "file": source, **self.row_fn(item)}
+            except Exception as e:
+                if self.report_path is None:
+                    raise
+                fail_case(self.report_path, item, e)
+                continue
             self.rows.append(row)
             if self.per_case_json:
                 write_json_atomic(self.output_dir / f"{row['case']}_{self.name}.json", row)

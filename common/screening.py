@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from monai.transforms import Compose, apply_transform
 from torch.utils.data import Dataset
 
+from common.data import REFUSED_KEY
+from common.errors import causes, first_line, user_error
 from common.tables import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,62 @@ def _case_name(case: dict[str, Any]) -> str:
     """The image path(s) that identify a case in messages."""
     image = case.get("image", case)
     return ", ".join(map(str, image)) if isinstance(image, (list, tuple)) else str(image)
+
+
+def error_message(case: Mapping[str, Any], error: BaseException) -> str:
+    """One line for a case's failure: the innermost error's first line, prefixed by the case's file(s)."""
+    message = first_line(user_error(error) or causes(error)[-1])  # through MONAI's "applying transform ..."
+    name = _case_name(dict(case))
+    return message if name in message else f"{name}: {message}"
+
+
+def _source(item: Mapping[str, Any]) -> str:
+    """The file a post-processed case was read from (its image's metadata), else its ``image`` entry."""
+    image = item.get("image")
+    name = (getattr(image, "meta", None) or {}).get("filename_or_obj", image)
+    return str(name[0] if isinstance(name, (list, tuple)) else name)
+
+
+def fail_case(report_path: str | Path, item: Mapping[str, Any], error: BaseException) -> str:
+    """Record that a case failed after it was read: remove the outputs already written for it (their paths are in
+    the ``saved_to`` metadata of its images), add it to the JSON list at ``report_path``, log it; return the line."""
+    for value in item.values():
+        saved = (getattr(value, "meta", None) or {}).get("saved_to")
+        if saved:
+            Path(saved).unlink(missing_ok=True)
+    source = _source(item)
+    message = error_message({"image": source}, error)
+    report = Path(report_path)
+    failures = json.loads(report.read_text()) if report.is_file() else []
+    write_json_atomic(report, [*failures, {"image": source, "error": message}])
+    logger.error("skipped %s: %s", source, message)
+    return message
+
+
+class GuardedCompose(Compose):
+    """Inference post-processing where a case that fails (inversion, writing, ...) fails alone: its written outputs
+    are removed, it is listed in ``report_path`` and the item comes back with ``failed_key`` holding the message,
+    so handlers skip it and the run goes on with the next case.
+
+    Args:
+        transforms: the post-processing transforms, applied in order to one case (a dict).
+        report_path: the run's JSON list of failed cases (``failed_cases.json``).
+        failed_key: the key set on a failed case.
+    """
+
+    def __init__(self, transforms: Sequence[Callable], report_path: str, failed_key: str = "case_failed") -> None:
+        super().__init__(transforms)
+        self.report_path = report_path
+        self.failed_key = failed_key
+
+    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        done = data
+        try:
+            for transform in self.transforms:
+                done = apply_transform(transform, done, self.map_items, self.unpack_items)
+        except Exception as e:  # noqa: BLE001 - one case's failure must not stop the others
+            return {**data, self.failed_key: fail_case(self.report_path, done, e)}
+        return done
 
 
 class ScreenedDataset(Dataset):
@@ -76,27 +136,25 @@ class ScreenedDataset(Dataset):
         self.prepared = [out for ok, out in results if ok] if cache else None
         #: cache=False: the prepared cases kept until first read, by index into ``cases``
         self._kept = {} if cache else {i: out for i, out in enumerate(o for ok, o in results if ok) if out is not None}
+        self.listed = len(data)
+        self.report_path = report_path
         self.failures = [{"image": _case_name(c), "error": out} for c, (ok, out) in zip(data, results) if not ok]
         for failure in self.failures:
             logger.error("skipped %s: %s", failure["image"], failure["error"])
         if report_path is not None:
             write_json_atomic(report_path, self.failures)
         if not self.cases:
-            raise RuntimeError(f"none of the {len(data)} cases could be read: {json.dumps(self.failures)}")
+            raise ValueError(f"none of the {len(data)} cases could be read: {json.dumps(self.failures)}")
 
     def _try(self, case: dict[str, Any]) -> tuple[bool, Any]:
         """Prepare one case; return (True, result) or (False, error message)."""
+        refused = case.get(REFUSED_KEY)
+        if refused:  # refused when the folder was listed (e.g. two files that would give one output name)
+            return False, refused
         try:
-            prepared = self.transform(dict(case))
+            prepared = self.transform({k: v for k, v in case.items() if k != REFUSED_KEY})
         except Exception as e:  # noqa: BLE001 - any failure of one case must not stop the others
-            cause: BaseException = e
-            while cause.__cause__ is not None:  # MONAI wraps a transform's error in "applying transform ..."
-                cause = cause.__cause__
-            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-            message = lines[0] if lines else type(cause).__name__
-            if _case_name(case) not in message:
-                message = f"{_case_name(case)}: {message}"
-            return False, message
+            return False, error_message(case, e)
         if self.cache:
             return True, prepared
         size = _nbytes(prepared)
@@ -104,6 +162,16 @@ class ScreenedDataset(Dataset):
             keep = self._kept_bytes + size <= self.keep_bytes
             self._kept_bytes += size if keep else 0
         return True, prepared if keep else None
+
+    def finish(self) -> None:
+        """End a folder run: print one line (cases written, cases skipped and where they are listed); raise a
+        ``ValueError`` (status 1) when any case failed, here or later (``fail_case``), after the good ones."""
+        report = Path(self.report_path) if self.report_path else None
+        failed = json.loads(report.read_text()) if report is not None and report.is_file() else self.failures
+        where = f", listed in {report}" if report is not None else ""
+        print(f"{self.listed - len(failed)} of {self.listed} cases written; {len(failed)} skipped{where}")
+        if failed:
+            raise ValueError(f"{len(failed)} of {self.listed} cases failed: see {report or 'the log above'}.")
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers started by "spawn" pickle the dataset
         state = dict(self.__dict__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from common.metrics.lesions import remove_small_components
 from common.tables import case_stem
 
 #: a file stem ending in a four-digit channel index, ``<case>_0000`` (nnU-Net)
@@ -147,6 +148,9 @@ class CheckImaged(MapTransform):
         reference_key: spatial shapes of all ``keys`` must equal the shape of this key.
         spatial_dims: expected number of spatial dimensions (e.g. 3 for a volume); ``None`` accepts any.
         max_label: per key, the largest class index a label may hold; its values must be integers in 0..max.
+        min_size: the fewest pixels (voxels) an image may have along each spatial axis; ``None`` accepts any.
+        channel_names: per key, the names of the expected channels (e.g. modalities), said in the message when the
+            channel count is wrong, with how a multimodal case is given.
         allow_missing_keys: skip keys absent from the data.
     """
 
@@ -157,6 +161,8 @@ class CheckImaged(MapTransform):
         reference_key: str | None = "image",
         spatial_dims: int | None = None,
         max_label: Mapping[str, int] | None = None,
+        min_size: int | None = None,
+        channel_names: Mapping[str, Sequence[str]] | None = None,
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -164,6 +170,8 @@ class CheckImaged(MapTransform):
         self.reference_key = reference_key
         self.spatial_dims = spatial_dims
         self.max_label = dict(max_label or {})
+        self.min_size = min_size
+        self.channel_names = {k: list(v) for k, v in (channel_names or {}).items()}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -176,9 +184,22 @@ class CheckImaged(MapTransform):
                 )
             if img.numel() == 0 or min(img.shape[1:], default=0) == 0:
                 raise ValueError(f"{name}: the {key} is empty (shape {tuple(img.shape[1:])}).")
+            if self.min_size is not None and min(img.shape[1:]) < self.min_size:
+                raise ValueError(
+                    f"{name}: the {key} is {'x'.join(map(str, img.shape[1:]))} pixels, too small for this bundle "
+                    f"(at least {self.min_size} along each axis); check that this is the full-size image."
+                )
             expected = self.channels.get(str(key))
             if expected is not None and img.shape[0] != expected:
-                raise ValueError(f"{name}: the {key} has {img.shape[0]} channel(s), expected {expected}.")
+                names = self.channel_names.get(str(key))
+                how = (
+                    f" ({', '.join(names)}): one file per channel named <case>_0000 to <case>_{len(names) - 1:04d} "
+                    f"in that order, or one 4D file; the config's modalities must be those the weights were "
+                    f"trained with"
+                    if names
+                    else ""
+                )
+                raise ValueError(f"{name}: the {key} has {img.shape[0]} channel(s), expected {expected}{how}.")
             if torch.is_floating_point(torch.as_tensor(img)) and not torch.isfinite(torch.as_tensor(img)).all():
                 raise ValueError(f"{name}: the {key} contains NaN or infinite values.")
             top = self.max_label.get(str(key))
@@ -249,6 +270,40 @@ class CheckHounsfieldd(MapTransform):
         return d
 
 
+class RemoveSmallComponentsd(MapTransform):
+    """Relabel the connected components of class ``label`` smaller than ``min_volume_mm3`` (measured in the label
+    map's own grid) as ``fill``: the lesions a bundle reports all have at least its documented size.
+
+    Not MONAI's ``RemoveSmallObjectsd(by_measure=True)``: with scikit-image 0.26 it removed a 20 mm3 component (two
+    10 mm3 voxels) at a 15 mm3 threshold, since it rounds the threshold up to whole voxels (2) and scikit-image now
+    removes objects up to that size inclusive.
+
+    Args:
+        keys: keys of channel-first integer label maps (MetaTensors with an affine).
+        min_volume_mm3: components under this volume are relabelled.
+        label: the class whose components are measured.
+        fill: the class given to the removed voxels (0, background; or the organ holding the lesion).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, min_volume_mm3: float, label: int = 1, fill: int = 0, allow_missing_keys=False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_volume_mm3 = float(min_volume_mm3)
+        self.label = label
+        self.fill = fill
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = d[key]
+            mask = torch.as_tensor(values[0] == self.label).cpu().numpy()
+            small = mask & ~remove_small_components(mask, values.affine, self.min_volume_mm3)
+            d[key] = values.clone()  # a MetaTensor keeps its affine and metadata
+            d[key][torch.as_tensor(small[None], device=values.device)] = self.fill
+        return d
+
+
 class AtomicSaveImaged(MapTransform):
     """``SaveImaged`` that writes into a hidden folder and then renames, so an output file is complete or absent.
 
@@ -268,14 +323,16 @@ class AtomicSaveImaged(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
-            self.saver(d[key])
-            written = Path(d[key].meta["saved_to"])
-            final = self.output_dir / written.relative_to(self.partial_dir)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(written, final)
-            d[key].meta["saved_to"] = str(final)
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        try:
+            for key in self.key_iterator(d):
+                self.saver(d[key])
+                written = Path(d[key].meta["saved_to"])
+                final = self.output_dir / written.relative_to(self.partial_dir)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(written, final)
+                d[key].meta["saved_to"] = str(final)
+        finally:  # a failed write leaves no partial file behind
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
         return d
 
 

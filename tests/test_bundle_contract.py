@@ -28,7 +28,6 @@ from conftest import (
     check,
     epoch_losses,
     read_csv,
-    run_inference,
     training_preprocessing,
 )
 from synthetic.demo import segmentation_path
@@ -123,7 +122,7 @@ def _broken_and_flat_inputs(run: QuickRun, folder: Path) -> tuple[str, str]:
     ext = first.name[len(first.name.split(".")[0]) :]
     (folder / f"broken{ext}").write_bytes(b"\x1f\x8b\x89PNG not really an image")
     if run.profile.image_dims == 2:
-        Image.fromarray(np.zeros((40, 30), np.uint8)).save(folder / f"flat{ext}")  # one channel, not three
+        Image.fromarray(np.zeros((48, 40), np.uint8)).save(folder / f"flat{ext}")  # one channel, not three
     else:
         image = nib.load(first)
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., 0], image.affine), folder / f"flat{ext}")
@@ -134,7 +133,7 @@ def test_bad_files_are_skipped_and_the_good_case_is_written(run, tmp_path):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     broken, flat = _broken_and_flat_inputs(run, inputs)
-    out = run.segment(inputs, outputs)
+    out = run.segment(inputs, outputs, failures=2)
     assert segmentation_path(run.profile, outputs, run.index["test"][0]).is_file()
     failures = {Path(f["image"]).name: f["error"] for f in json.loads((outputs / "failed_cases.json").read_text())}
     assert set(failures) == {broken, flat}, failures
@@ -143,14 +142,6 @@ def test_bad_files_are_skipped_and_the_good_case_is_written(run, tmp_path):
     assert "skipped" in out
     assert not list(outputs.glob("broken*")) and not list(outputs.glob("flat*"))
     assert not [p for p in outputs.iterdir() if p.name.startswith(".")], "temporary files left behind"
-
-
-@pytest.mark.parametrize("name", BUNDLE_NAMES)
-def test_empty_input_folder_is_reported(name, tmp_path):
-    bundle = ROOT / "bundles" / name
-    result = run_inference(bundle, tmp_path, tmp_path / "out", tmp_path / "missing.pt")
-    assert result.returncode != 0
-    assert f"{tmp_path}: input_dir holds no images" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("fault", ["label_values", "label_shape", "nan"])
@@ -219,7 +210,7 @@ def test_export_with_measured_metrics_then_verify(run, tmp_path):
 
 @pytest.mark.slow
 def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(run, tmp_path):
-    """Two gloo processes on CPU, each with a validation case: absolute paths, training split in two."""
+    """Two gloo processes on CPU and one validation case (the sampler gives it to both): absolute paths."""
     entries = run.index["training"]
 
     def absolute(entry: dict) -> dict:
@@ -228,7 +219,7 @@ def test_multi_gpu_config_trains_one_epoch_with_torchrun_gloo(run, tmp_path):
                 "label": str(run.data / entry["label"]),
                 **({"mask": str(run.data / entry["mask"])} if "mask" in entry else {})}  # fmt: skip
 
-    split = max(len(entries) - 2, 1)
+    split = len(entries) - 1
     listing = {"training": [absolute(e) for e in entries[:split]], "validation": [absolute(e) for e in entries[split:]]}
     (tmp_path / "dataset.json").write_text(json.dumps(listing))
     port = 29530 + BUNDLE_NAMES.index(run.profile.name)

@@ -26,6 +26,7 @@ from common.transforms import (
     CheckImaged,
     ComposeWithoutMeta,
     NormalizeInHeadd,
+    RemoveSmallComponentsd,
     head_mask,
     multimodal_case_path,
 )
@@ -130,7 +131,7 @@ def test_screened_dataset_skips_bad_cases_and_reports_them(tmp_path):
     assert [Path(r["image"]).name for r in report] == ["bad.png"] and "bad.png" in report[0]["error"]
     uncached = ScreenedDataset(cases, load, cache=False)
     assert len(uncached) == 1 and float(uncached[0]["image"].max()) == 9.0
-    with pytest.raises(RuntimeError, match="none of the 1 cases"):
+    with pytest.raises(ValueError, match="none of the 1 cases"):
         ScreenedDataset(cases[1:], load)
 
 
@@ -336,3 +337,23 @@ def test_is_dicom_file_reads_the_preamble_or_trusts_the_suffix(tmp_path):
     assert is_dicom_file(tmp_path / "IM0001") and is_dicom_file(tmp_path / "scan.DCM")
     assert not is_dicom_file(tmp_path / "short") and not is_dicom_file(tmp_path / "notes.txt")
     assert not is_dicom_file(tmp_path / "missing") and not is_dicom_file(tmp_path)
+
+
+def test_small_components_are_relabelled_by_volume_in_mm3():
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])  # 10 mm3 voxels
+    label = np.zeros((12, 12, 8), np.float32)
+    label[1:3, 1:3, 1] = 1  # 4 voxels: 40 mm3
+    label[8, 8, 5] = label[9, 9, 6] = 1  # diagonal neighbours, one component (26-connectivity): 20 mm3
+    label[5, 10, 2] = 1  # 10 mm3
+    pred = MetaTensor(torch.as_tensor(label[None]), affine=torch.as_tensor(affine))
+    kept = RemoveSmallComponentsd("pred", min_volume_mm3=15.0)({"pred": pred})["pred"]
+    expected = label.copy()
+    expected[5, 10, 2] = 0
+    np.testing.assert_array_equal(np.asarray(kept[0]), expected)
+    assert isinstance(kept, MetaTensor) and np.allclose(np.asarray(kept.affine), affine)
+    assert int(RemoveSmallComponentsd("pred", min_volume_mm3=25.0)({"pred": pred})["pred"].sum()) == 4
+    # a tumour (2) island inside the liver (1) under the size becomes liver; the larger tumour stays
+    organ = np.where(label > 0, 2, 1).astype(np.float32)
+    organ_pred = MetaTensor(torch.as_tensor(organ[None]), affine=torch.as_tensor(affine))
+    relabelled = RemoveSmallComponentsd("pred", 15.0, label=2, fill=1)({"pred": organ_pred})["pred"]
+    assert relabelled[0, 5, 10, 2] == 1 and relabelled[0, 1, 1, 1] == 2 and int((relabelled == 2).sum()) == 6

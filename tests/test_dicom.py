@@ -11,6 +11,7 @@ import pytest
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 
 from common.dicom import ras_to_lps, write_dicom_series
+from common.series import CheckDicomSeriesd, check_series
 
 #: a non-square matrix (i, j, k) = (13, 9, 6), so that a transposed slice cannot pass
 SHAPE = (13, 9, 6)
@@ -117,3 +118,46 @@ def test_write_dicom_series_rejects_bad_input(tmp_path):
     write_dicom_series(np.zeros((4, 4, 2), np.int16), np.eye(4), tmp_path / "b")
     with pytest.raises(FileExistsError, match="slice_0001.dcm"):
         write_dicom_series(np.zeros((4, 4, 2), np.int16), np.eye(4), tmp_path / "b")
+
+
+def _series(folder: Path, slices: int = 8, **options) -> list[Path]:
+    """A small CT series of ``slices`` 2.5 mm slices written into ``folder``."""
+    volume = np.random.default_rng(0).integers(-1000, 400, (13, 9, slices)).astype(np.int16)
+    return write_dicom_series(volume, AFFINES["lps"], folder, **options)
+
+
+@pytest.mark.parametrize("orientation", ["ras", "feet_first", "rotated"])
+def test_a_complete_series_passes_the_checks(tmp_path, orientation):
+    volume = np.zeros((13, 9, 6), np.int16)
+    write_dicom_series(volume, AFFINES[orientation], tmp_path)
+    check_series(tmp_path)
+    assert CheckDicomSeriesd("image")({"image": str(tmp_path)})["image"] == str(tmp_path)
+
+
+def test_a_missing_slice_is_refused_naming_the_gap(tmp_path):
+    paths = _series(tmp_path)
+    paths[4].unlink()
+    with pytest.raises(ValueError) as err:
+        check_series(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: 1 missing slice(s): 5.00 mm between")
+    assert "slice_0004.dcm" in message and "slice_0006.dcm" in message and "steps 2.50 mm" in message
+
+
+def test_a_truncated_slice_is_refused_naming_the_file(tmp_path):
+    paths = _series(tmp_path)
+    paths[2].write_bytes(paths[2].read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"{paths[2]}: (truncated|not a readable DICOM file)"):
+        check_series(tmp_path)
+
+
+def test_two_series_in_one_folder_are_refused(tmp_path):
+    _series(tmp_path / "one")
+    second = _series(tmp_path / "two", slices=5, series_number=2)
+    for path in second:
+        path.rename(tmp_path / "one" / f"second_{path.name}")
+    with pytest.raises(ValueError) as err:
+        check_series(tmp_path / "one")
+    message = str(err.value)
+    assert f"{tmp_path / 'one'}: holds 2 DICOM series" in message and "put each series in a folder" in message
+    assert "number 1 'synthetic CT': 8 files" in message and "number 2 'synthetic CT': 5 files" in message

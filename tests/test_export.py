@@ -11,9 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from common.bundle_archive import BundleError, make_zip, read_large_files, unpack, write_large_files
@@ -241,11 +243,49 @@ def test_weights_that_need_full_unpickling_are_refused(exported, tmp_path):
         check_network(root)
 
 
-def _isolated_env(home: Path) -> dict[str, str]:
-    """An environment with monai, torch and their dependencies only: used with ``python -S`` (no site processing,
-    so the editable install of this repository is not active) and ``PYTHONPATH`` the site-packages alone."""
-    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(paths), "HOME": str(home)}
+def _with_requirements(names: set[str]) -> set[str]:
+    """The installed distributions ``names`` and every installed distribution they require, transitively (a
+    requirement that only an extra asks for is left out, as ``pip install name`` leaves it out)."""
+    todo, found = sorted(names), set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a requirement of another platform or Python version
+        found.add(name)
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def _site_with_only(names: set[str], folder: Path) -> Path:
+    """A folder of links to the installed files of ``names`` and of what they require: on ``PYTHONPATH`` with
+    ``python -S``, what a lab has after ``pip install`` of exactly those packages."""
+    folder.mkdir()
+    for name in sorted(_with_requirements(names)):
+        dist = metadata.distribution(name)
+        for top in sorted({Path(str(f)).parts[0] for f in dist.files or []} - {"..", "__pycache__"}):
+            source, link = Path(str(dist.locate_file(top))), folder / top
+            if source.exists() and not link.exists():
+                link.symlink_to(source)
+    return folder
+
+
+def _isolated_env(home: Path, site: Path) -> dict[str, str]:
+    """An environment for ``python -S`` (no site processing, so the editable install of this repository is not
+    active) that imports only what ``site`` holds."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(site), "HOME": str(home)}
+
+
+def _install_line(card: str) -> set[str]:
+    """The distributions the ``pip install`` line of an exported model card names."""
+    line = next(line for line in card.splitlines() if line.startswith("pip install "))
+    return {canonicalize_name(pin.strip('"').split("==")[0]) for pin in line.split()[2:]}
 
 
 def test_isolated_environment_runs_the_exported_archive(exported, tmp_path):
@@ -255,7 +295,9 @@ def test_isolated_environment_runs_the_exported_archive(exported, tmp_path):
     with zipfile.ZipFile(exported["zip"]) as zf:
         zf.extractall(received)
     root = received / NAME
-    env = _isolated_env(tmp_path)
+    listed = _install_line((root / "docs" / "README.md").read_text())
+    assert {"monai", "torch", "numpy", "pillow", "pytorch-ignite", "scipy", "pyyaml", "jsonschema"} <= listed
+    env = _isolated_env(tmp_path, _site_with_only(listed, tmp_path / "site"))
     no_repo = run("-S", "-c", "import common", cwd=cwd, env=env)
     assert no_repo.returncode != 0 and "No module named 'common'" in no_repo.stderr
     where = "import sys; sys.path.insert(0, sys.argv[1]); import common; print(common.__file__)"

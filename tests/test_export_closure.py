@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from common.export import common_closure, resolve_module
+from common.packages import (
+    config_modules,
+    declared_distributions,
+    distribution_names,
+    imported_modules,
+    needed_distributions,
+)
 from conftest import ROOT
 
 COMMON = ROOT / "common"
@@ -175,3 +182,28 @@ def test_names_resolve_to_the_longest_module_prefix():
     assert resolve_module(COMMON, "common.transforms.CheckImaged") == "common.transforms"
     assert resolve_module(COMMON, "common.no_such_module.x") == "common"
     assert resolve_module(COMMON, "monai.networks.nets.UNet") is None
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_metadata_declares_every_package_the_shipped_code_imports(name):
+    bundle = ROOT / "bundles" / name
+    vendored = [ROOT / f for f in common_closure(bundle) if f.endswith(".py")]
+    needed = needed_distributions(bundle, vendored)
+    declared = declared_distributions(bundle / "configs" / "metadata.json")
+    assert needed <= set(declared), f"{name}: metadata.json lacks {sorted(needed - set(declared))}"
+    assert {"fire", "pytorch-ignite"} <= needed and not needed & {"monai", "torch", "numpy", "common", "scripts"}
+
+
+def test_imports_are_read_from_code_and_configs(tmp_path):
+    code = tmp_path / "a.py"
+    code.write_text(
+        "import os\nimport scipy.ndimage\nfrom skimage import measure\nfrom . import sibling\n"
+        "def f():\n    import yaml\n"
+    )
+    assert imported_modules([code]) == {"os", "scipy", "skimage", "yaml"}
+    config = tmp_path / "c.json"
+    config.write_text('{"imports": ["$import nibabel", "$from PIL import Image"], "x": {"_target_": "ignite.X"}}')
+    assert config_modules([config]) == {"nibabel", "PIL", "ignite"}
+    assert distribution_names({"os", "scipy", "skimage", "PIL", "common"}) == {"scipy", "scikit-image", "pillow"}
+    with pytest.raises(ValueError, match="no installed distribution provides the imported module 'nowhere_pkg'"):
+        distribution_names({"nowhere_pkg"})

@@ -17,9 +17,11 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from conftest import ROOT, QuickRun, load_module, read_csv
+from synthetic.lung import build_phantom
 
 BUNDLE = ROOT / "bundles" / "lung_nodule_fcn3d"
 measures = load_module(BUNDLE / "scripts" / "measures.py", "lung_measures_for_bundle_tests")
+lungs_module = load_module(BUNDLE / "scripts" / "lungs.py", "lung_fields_for_bundle_tests")
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +122,6 @@ def test_nodule_table_on_hand_computed_nodules():
     assert len(measures.nodule_table(label, affine, min_nodule_mm3=1.0)) == 1
 
 
-def test_small_components_are_removed_by_volume_in_mm3():
-    affine = np.diag([2.0, 2.0, 2.5, 1.0])  # 10 mm3 voxels
-    label = np.zeros((12, 12, 8), np.float32)
-    label[1:3, 1:3, 1] = 1  # 4 voxels: 40 mm3
-    label[8, 8, 5] = label[9, 9, 6] = 1  # diagonal neighbours, one component (26-connectivity): 20 mm3
-    label[5, 10, 2] = 1  # 10 mm3
-    kept = measures.RemoveSmallNodulesd("pred", min_volume_mm3=15.0)({"pred": _meta(label, affine)})["pred"]
-    expected = label.copy()
-    expected[5, 10, 2] = 0
-    np.testing.assert_array_equal(np.asarray(kept[0]), expected)
-    assert isinstance(kept, MetaTensor) and np.allclose(np.asarray(kept.affine), affine)
-    kept = measures.RemoveSmallNodulesd("pred", min_volume_mm3=25.0)({"pred": _meta(label, affine)})["pred"]
-    assert int(kept.sum()) == 4
-
-
 def test_case_scores_on_a_hand_computed_case():
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     truth = np.zeros((30, 30, 30), np.uint8)
@@ -153,3 +140,35 @@ def test_case_scores_on_a_hand_computed_case():
     assert row["true_volume_mm3"] == 440 and row["pred_volume_mm3"] == 224
     empty = measures.case_scores({"pred": _meta(0 * pred, affine), "native_label": _meta(0 * truth, affine)})
     assert math.isnan(empty["dice"]) and math.isnan(empty["sensitivity_5mm"]) and empty["false_positives"] == 0
+
+
+def test_nodules_outside_the_lung_fields_are_removed():
+    phantom = build_phantom(seed=4, size=96, orientation="RAS", pleural_share=0.5)
+    window = (-1000.0, 400.0)
+    scaled = np.clip((phantom.image.astype(np.float32) - window[0]) / (window[1] - window[0]), 0, 1)
+    image = _meta(scaled, phantom.affine)
+    lungs = lungs_module.LungFieldsd(hu_window=window, margin_mm=10.0)({"image": image})["lungs"]
+    assert isinstance(lungs, MetaTensor) and np.allclose(np.asarray(lungs.affine), phantom.affine)
+    inside = np.asarray(lungs[0]) > 0.5
+    assert (inside & phantom.lung).sum() >= 0.99 * phantom.lung.sum()  # the fields cover the aerated lungs
+    assert not inside[0].any() and not inside[:, :3].any()  # ... and not the air around the body
+    truth = phantom.label == 1
+    labels, count = ndimage.label(truth)
+    assert count >= 1 and all(inside[labels == n].any() for n in range(1, count + 1))  # pleural ones included
+    fake = truth.copy()
+    centre = np.array(phantom.image.shape) // 2
+    spine = np.argwhere(phantom.image > 150)  # bone: the spine and the ribs, outside the lungs
+    spine = spine[np.linalg.norm(spine[:, :2] - centre[:2], axis=1).argmin()]
+    fake[tuple(spine)] = True
+    fake[2:5, 2:5, 2:5] = True  # outside the body
+    pred = _meta(fake.astype(np.float32), phantom.affine)
+    kept = lungs_module.KeepInsideLungsd("pred")({"pred": pred, "lungs": lungs})
+    assert "lungs" not in kept
+    np.testing.assert_array_equal(np.asarray(kept["pred"][0]) > 0.5, truth)
+
+
+def test_without_lung_fields_every_nodule_is_kept(caplog):
+    pred = _meta(np.pad(np.ones((3, 3, 3), np.float32), 4), np.eye(4))
+    empty = _meta(np.zeros_like(np.asarray(pred[0])), np.eye(4))
+    kept = lungs_module.KeepInsideLungsd("pred")({"pred": pred, "lungs": empty})["pred"]
+    assert int(kept.sum()) == 27 and "no lung fields found" in caplog.text

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
 
 from conftest import ROOT, load_module
 
@@ -21,5 +24,10 @@ def test_estimate_fov_keeps_the_largest_bright_region_with_its_holes_filled():
     assert (mask == disc).all()
 
 
-def test_estimate_fov_of_a_black_image_is_everything():
-    assert fov.estimate_fov(np.zeros((3, 16, 16), np.float32)).all()
+def test_estimate_fov_of_a_black_image_is_empty_and_refused_naming_the_file():
+    assert not fov.estimate_fov(np.zeros((3, 16, 16), np.float32)).any()
+    image = MetaTensor(torch.zeros(3, 16, 16), meta={"filename_or_obj": "/data/black.png"})
+    with pytest.raises(ValueError, match=r"/data/black.png: the field of view covers 0.0% of the image"):
+        fov.FieldOfViewd()({"image": image})
+    image[0, 2:14, 2:14] = 90.0  # a visible aperture passes
+    assert fov.FieldOfViewd()({"image": image})["mask"].sum() == 144

@@ -56,3 +56,8 @@ def test_inference_with_corrupted_weights_stops_before_writing_anything(shipped,
     assert result.returncode != 0
     assert "the weights are corrupted or were replaced" in result.stdout + result.stderr
     assert not (tmp_path / "out" / "eye_seg.png").exists()
+
+
+def test_missing_weights_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(BundleError, match=r"model.pt: no weights there; train the bundle first .* --ckpt_path"):
+        check_weights(BUNDLE, tmp_path / "model.pt")

@@ -45,6 +45,17 @@ def label_components(mask: Any, connectivity: int | None = None) -> tuple[np.nda
     return labels, int(count)
 
 
+def remove_small_components(mask: Any, affine: Any, min_volume_mm3: float) -> np.ndarray:
+    """The binary mask without its connected components (full connectivity) smaller than ``min_volume_mm3``."""
+    labels, count = label_components(mask)
+    if not count or min_volume_mm3 <= 0:
+        return labels > 0
+    voxel_mm3 = abs(float(np.linalg.det(_affine(affine, 3)[:3, :3])))
+    keep = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3 >= min_volume_mm3
+    keep[0] = False
+    return keep[labels]
+
+
 def axial_axis(affine: Any) -> int:
     """The voxel axis closest to the world superior-inferior axis: slices across it are axial."""
     matrix = _affine(affine, 3)

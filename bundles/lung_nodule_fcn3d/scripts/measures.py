@@ -1,18 +1,15 @@
-"""Nodules as instances: small-component removal, the per-nodule table at inference, and voxel and lesion-wise
-scores at evaluation, in each case's own grid."""
+"""Nodules as instances: the per-nodule table at inference, and voxel and lesion-wise scores at evaluation, in
+each case's own grid (components under the minimum size are removed by ``common.transforms.RemoveSmallComponentsd``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
 
-from common.metrics.lesions import label_components, lesion_table, match_lesions
+from common.metrics.clinical import voxel_volume_ml
+from common.metrics.lesions import lesion_table, match_lesions
 
 NODULE = 1
 #: size (equivalent diameter, mm) from which nodules count for the restricted sensitivity
@@ -28,43 +25,6 @@ def _labels(x: Any) -> np.ndarray:
 def _affine(x: Any) -> np.ndarray:
     """The 4x4 affine of a MetaTensor."""
     return np.asarray(x.affine.detach().cpu() if hasattr(x.affine, "detach") else x.affine, dtype=np.float64)
-
-
-def voxel_mm3(affine: Any) -> float:
-    """Volume (mm3) of one voxel of an affine."""
-    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
-
-
-def remove_small_components(mask: np.ndarray, affine: Any, min_volume_mm3: float) -> np.ndarray:
-    """The mask without its connected components (26-connectivity) smaller than ``min_volume_mm3``."""
-    labels, count = label_components(mask)
-    if not count or min_volume_mm3 <= 0:
-        return labels > 0
-    sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3(affine)
-    keep = sizes >= min_volume_mm3
-    keep[0] = False
-    return keep[labels]
-
-
-class RemoveSmallNodulesd(MapTransform):
-    """Set nodule components under ``min_volume_mm3`` (in the label map's own grid) to background.
-
-    Not MONAI's ``RemoveSmallObjectsd(by_measure=True)``: with scikit-image 0.26 it removed a 20 mm3 component (two
-    10 mm3 voxels) at a 15 mm3 threshold, since it rounds the threshold up to whole voxels (2) and scikit-image now
-    removes objects up to that size inclusive.
-    """
-
-    def __init__(self, keys: KeysCollection, min_volume_mm3: float, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.min_volume_mm3 = float(min_volume_mm3)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            label = d[key]
-            kept = remove_small_components(_labels(label) == NODULE, _affine(label), self.min_volume_mm3)
-            d[key] = label * torch.as_tensor(kept[None], dtype=label.dtype, device=label.device)
-        return d
 
 
 def nodule_table(label: Any, affine: Any, image: Any = None, prob: Any = None, min_nodule_mm3: float = 0.0):
@@ -122,7 +82,7 @@ def case_scores(item: dict[str, Any], large_mm: float = LARGE_NODULE_MM) -> dict
     pred, label = _labels(item["pred"]) == NODULE, _labels(item["native_label"]) == NODULE
     if pred.shape != label.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
-    voxel = voxel_mm3(_affine(item["native_label"]))
+    voxel = 1000.0 * voxel_volume_ml(_affine(item["native_label"]))  # mm3
     total = int(pred.sum() + label.sum())
     lesions = match_lesions(pred, label)
     large = [r for r in lesions["per_lesion"] if (6.0 * r["voxels"] * voxel / math.pi) ** (1.0 / 3.0) >= large_mm]

@@ -1,0 +1,122 @@
+"""The lung fields of a chest CT, from Hounsfield units and connected components, and the rule that a reported
+nodule lies in them: a finding in the abdomen, the chest wall or outside the body is not a lung nodule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+from common.metrics.lesions import label_components
+from common.transforms import source_name
+
+logger = logging.getLogger(__name__)
+
+#: air and lung parenchyma are below this (HU); soft tissue, vessels and nodules above
+AIR_HU = -400.0
+
+
+def lung_fields(hu: np.ndarray, min_voxels: int = 1) -> np.ndarray:
+    """Lung fields of a CT volume in HU, voxel axes (x, y, axial): the air that is not connected to the volume's
+    in-plane border (the air around the body is), in components of at least ``min_voxels``, with the holes that
+    vessels and nodules leave filled slice by slice."""
+    air = hu < AIR_HU
+    labels, count = ndimage.label(air)  # 6-connectivity: air does not leak through a thin body wall
+    if not count:
+        return air
+    faces = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    outside = np.unique(np.concatenate([face.ravel() for face in faces]))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_voxels
+    keep[outside] = False
+    keep[0] = False
+    lungs = keep[labels]
+    for k in range(lungs.shape[2]):
+        lungs[:, :, k] = ndimage.binary_fill_holes(lungs[:, :, k])
+    return lungs
+
+
+def grow(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """``mask`` grown by ``margin_mm`` (an ellipsoidal neighbourhood in voxels of ``spacing``)."""
+    radii = [max(0, int(round(margin_mm / float(s)))) for s in spacing]
+    if not any(radii) or not mask.any():
+        return mask
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grid, radii)) <= 1.0
+    return ndimage.binary_dilation(mask, structure=ball)
+
+
+class LungFieldsd(MapTransform):
+    """Put the lung fields (grown by ``margin_mm``) of the windowed CT under ``image_key`` into ``output_key``, with
+    the image's metadata and applied operations, so ``Invertd`` brings them to the input's grid with the prediction.
+
+    Args:
+        image_key: the preprocessed CT (RAS, ``spacing``, intensities windowed from ``hu_window`` to 0..1).
+        output_key: key of the lung-field mask.
+        hu_window: the Hounsfield window mapped to 0..1 by the preprocessing.
+        margin_mm: how far beyond the aerated lung the fields reach (juxtapleural nodules, partial volume).
+        min_ml: air pockets smaller than this (bowel gas, a tube) are not lung.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        output_key: str = "lungs",
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        margin_mm: float = 10.0,
+        min_ml: float = 20.0,
+    ) -> None:
+        super().__init__(keys=[image_key])
+        self.image_key, self.output_key = image_key, output_key
+        self.low, self.high = float(hu_window[0]), float(hu_window[1])
+        self.margin_mm, self.min_ml = margin_mm, min_ml
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        spacing = np.asarray(image.pixdim, dtype=float)[:3]
+        hu = self.low + np.asarray(image[0].detach().cpu(), dtype=np.float32) * (self.high - self.low)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        lungs = grow(lung_fields(hu, min_voxels=int(np.ceil(self.min_ml / voxel_ml))), spacing, self.margin_mm)
+        d[self.output_key] = MetaTensor(
+            torch.as_tensor(lungs[None], dtype=torch.float32),
+            meta=dict(image.meta),
+            applied_operations=list(image.applied_operations),
+        )
+        return d
+
+
+class KeepInsideLungsd(MapTransform):
+    """Remove the nodule components of ``keys`` that do not touch the lung fields under ``lungs_key`` (same grid;
+    the mask is dropped from the data once used).
+
+    When no lung field was found (not a chest CT, or lungs cut by the field of view), nothing is removed and a
+    warning names the file: the nodules are then reported as found, not silently dropped.
+    """
+
+    def __init__(self, keys: KeysCollection, lungs_key: str = "lungs", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lungs_key = lungs_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        lungs = np.asarray(d.pop(self.lungs_key)[0].detach().cpu()) > 0.5  # used here only: not kept in memory
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if not lungs.any():
+                logger.warning("%s: no lung fields found; nodules are not checked against them", source_name(d, key))
+                continue
+            labels, count = label_components(np.asarray(pred[0].detach().cpu()) > 0.5)
+            inside = np.unique(labels[lungs & (labels > 0)])
+            outside = np.setdiff1d(np.arange(1, count + 1), inside)
+            if outside.size:
+                d[key] = pred.clone()
+                d[key][0][torch.as_tensor(np.isin(labels, outside))] = 0
+        return d
