@@ -143,3 +143,32 @@ class BestModelState:
         for saver in (h for h in self.handlers if isinstance(h, CheckpointSaver)):
             saver.load_state_dict({"_saved": [(best, self.best_filename)]})
         logger.info(f"resumed: the best model {self.best_filename} has validation metric {best:.4f} (epoch {epoch})")
+
+
+class PruneCheckpoints:
+    """Keep only the ``keep`` newest epoch checkpoints (``checkpoint_epoch=<n>.pt``) in ``ckpt_dir`` at the end of
+    every epoch. ``CheckpointSaver`` prunes its own files, but not those of an earlier run that this one resumed,
+    so without this a folder that is resumed again and again fills up; the best and the final model are not
+    touched.
+
+    Args:
+        ckpt_dir: the folder of the trainer's checkpoints.
+        keep: how many of the newest epoch checkpoints to keep.
+    """
+
+    def __init__(self, ckpt_dir: str, keep: int = 2) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.keep = keep
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler on ``engine``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        epochs = []
+        for path in self.ckpt_dir.glob("checkpoint_epoch=*.pt"):
+            number = path.stem.split("=", 1)[1]
+            if number.isdigit():
+                epochs.append((int(number), path))
+        for _, path in sorted(epochs)[: max(len(epochs) - self.keep, 0)]:
+            path.unlink(missing_ok=True)  # another process of a torchrun may have removed it first

@@ -218,6 +218,8 @@ def assert_resumes_one_epoch(bundle: Path, trained: dict, dataset: Path, epochs:
     else:  # the restored best stands: a worse epoch must not overwrite the best model
         assert float(best) == pytest.approx(previous) and int(best_epoch) == previous_epoch
         assert ckpt.stat().st_mtime_ns == best_mtime, "the best model was overwritten by a worse one"
+    epoch_files = sorted(p.name for p in ckpt.parent.glob("checkpoint_epoch=*.pt"))
+    assert len(epoch_files) <= 2 and f"checkpoint_epoch={epochs + 1}.pt" in epoch_files, epoch_files
 
 
 def assert_torchscript_matches(bundle: Path, ckpt: Path, tmp_path: Path, x, config: str = "train.json") -> None:

@@ -15,7 +15,7 @@ from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Flipd, L
 from PIL import Image
 
 from common.data import is_dicom_file, list_images, load_datalist
-from common.handlers import CaseTableWriter
+from common.handlers import CaseTableWriter, PruneCheckpoints
 from common.screening import ScreenedDataset
 from common.tables import case_stem, summarize, write_csv_atomic
 from common.transforms import (
@@ -357,3 +357,13 @@ def test_small_components_are_relabelled_by_volume_in_mm3():
     organ_pred = MetaTensor(torch.as_tensor(organ[None]), affine=torch.as_tensor(affine))
     relabelled = RemoveSmallComponentsd("pred", 15.0, label=2, fill=1)({"pred": organ_pred})["pred"]
     assert relabelled[0, 5, 10, 2] == 1 and relabelled[0, 1, 1, 1] == 2 and int((relabelled == 2).sum()) == 6
+
+
+def test_only_the_newest_epoch_checkpoints_are_kept(tmp_path):
+    for name in ["checkpoint_epoch=2.pt", "checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_epoch=1.pt",
+                 "checkpoint_final.pt", "model.pt", "checkpoint_epoch=x.pt"]:  # fmt: skip
+        (tmp_path / name).write_bytes(b"")
+    PruneCheckpoints(str(tmp_path), keep=2)()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_epoch=x.pt", "checkpoint_final.pt",
+                    "model.pt"]  # fmt: skip
