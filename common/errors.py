@@ -64,9 +64,15 @@ def _hook(kind: type[BaseException], error: BaseException, tb: TracebackType | N
         traceback.print_exception(kind, error, tb)
     else:
         print(f"{line} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+    exit_now(1)
+
+
+def exit_now(status: int) -> None:
+    """End the process with ``status`` once stdout and stderr are flushed, without tearing its threads down one by
+    one (see the module's note on status 134)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(status)
 
 
 def report_errors() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from common.distributed import gather, is_main
 from common.screening import fail_case
 from common.tables import case_stem, summarize, write_csv_atomic, write_json_atomic
 
@@ -31,7 +32,8 @@ class CaseTableWriter:
     the end of the run the rows go to ``output_dir/<name>.csv`` and the mean/std/median of every numeric column to
     ``output_dir/<name>_summary.json``. With ``per_case_json=True`` each row is also written, as it is computed,
     to ``output_dir/<case>_<name>.json``. The summary means are put in ``engine.state.metrics`` as
-    ``<name>/<column>`` so ``StatsHandler`` and TensorBoard show them.
+    ``<name>/<column>`` so ``StatsHandler`` and TensorBoard show them. Under ``torchrun`` every process collects
+    its own cases and the first writes the tables of all of them, in file order.
 
     Args:
         row_fn: maps one post-processed item (a dict of tensors) to a dict of values.
@@ -97,7 +99,10 @@ class CaseTableWriter:
                 write_json_atomic(self.output_dir / f"{row['case']}_{self.name}.json", row)
 
     def _write(self, engine: Engine) -> None:
-        if not self.rows:
+        rows = [row for part in gather(self.rows) for row in part]  # every process's cases under torchrun
+        if len(rows) != len(self.rows):
+            self.rows = sorted(rows, key=lambda row: str(row["file"]))
+        if not self.rows or not is_main():
             return
         tables = {self.name: self.rows, **{name: fn(self.rows) for name, fn in self.derived.items()}}
         for name, rows in tables.items():

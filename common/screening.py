@@ -14,7 +14,8 @@ from monai.transforms import Compose, apply_transform
 from torch.utils.data import Dataset
 
 from common.data import REFUSED_KEY
-from common.errors import causes, first_line, user_error
+from common.distributed import gather, is_main
+from common.errors import causes, exit_now, first_line, user_error
 from common.tables import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -163,15 +164,32 @@ class ScreenedDataset(Dataset):
             self._kept_bytes += size if keep else 0
         return True, prepared if keep else None
 
-    def finish(self) -> None:
+    def finish(self, merged_path: str | None = None) -> None:
         """End a folder run: print one line (cases written, cases skipped and where they are listed); raise a
-        ``ValueError`` (status 1) when any case failed, here or later (``fail_case``), after the good ones."""
+        ``ValueError`` (status 1) when any case failed, here or later (``fail_case``), after the good ones.
+
+        Under ``torchrun`` each process lists its failures in its own ``report_path``; they are gathered into
+        ``merged_path`` (the run's ``failed_cases.json``), which the first process writes, and it alone speaks.
+        """
         report = Path(self.report_path) if self.report_path else None
         failed = json.loads(report.read_text()) if report is not None and report.is_file() else self.failures
+        parts = gather((self.listed, failed))
+        listed, failed = sum(n for n, _ in parts), [f for _, part in parts for f in part]
+        if merged_path is not None:
+            if is_main():
+                write_json_atomic(merged_path, sorted(failed, key=lambda f: f["image"]))
+            gather(None)  # the merged list is written before the per-process ones go
+            if report is not None and Path(merged_path) != report:
+                report.unlink(missing_ok=True)
+            report = Path(merged_path)
+        if not is_main():
+            if failed:
+                exit_now(1)  # the first process reports it
+            return
         where = f", listed in {report}" if report is not None else ""
-        print(f"{self.listed - len(failed)} of {self.listed} cases written; {len(failed)} skipped{where}")
+        print(f"{listed - len(failed)} of {listed} cases written; {len(failed)} skipped{where}")
         if failed:
-            raise ValueError(f"{len(failed)} of {self.listed} cases failed: see {report or 'the log above'}.")
+            raise ValueError(f"{len(failed)} of {listed} cases failed: see {report or 'the log above'}.")
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers started by "spawn" pickle the dataset
         state = dict(self.__dict__)

@@ -364,3 +364,30 @@ def train_briefly(net, x, target, steps: int, lr: float) -> list[float]:
         losses.append(loss.item())
         optimizer.step()
     return losses
+
+
+def generator_options(name: str) -> dict:
+    """The bundle's quick-mode generator options (image size and the like), without the data set's counts."""
+    options = dict(describe(name).quick.get("data", {}))
+    return {k: v for k, v in options.items() if k not in ("num_train", "num_test", "seed")}
+
+
+def quick_overrides(name: str) -> dict:
+    """The bundle's quick-mode inference overrides (small windows, no loader workers)."""
+    return dict(describe(name).quick.get("overrides", {}))
+
+
+@pytest.fixture(scope="session")
+def untrained(tmp_path_factory) -> dict[str, Path]:
+    """A ``model.pt`` of freshly initialised weights for every bundle."""
+    import torch
+
+    from common.verify import build_network
+
+    folder = tmp_path_factory.mktemp("untrained")
+    weights = {}
+    for name in BUNDLE_NAMES:
+        profile = describe(name)
+        weights[name] = folder / f"{name}.pt"
+        torch.save(build_network(profile.root, "configs/inference.json").state_dict(), weights[name])
+    return weights

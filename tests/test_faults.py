@@ -10,27 +10,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import synthetic
 from common.data import list_images
 from common.dicom import write_dicom_series
 from common.profile import describe
-from common.verify import build_network
-from conftest import BUNDLE_NAMES, config_list, monai_bundle, run_inference
+from conftest import BUNDLE_NAMES, config_list, generator_options, monai_bundle, quick_overrides, run_inference
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected deprecated name 'optional_packages_version'")
 
 #: the extensions test inputs are written with, and the other extension of the same format used to make two
 #: inputs that would share an output name
 OTHER_EXTENSION = {".png": ".tif", ".nii.gz": ".nii"}
-
-
-def generator_options(name: str) -> dict:
-    """The bundle's quick-mode generator options (image size and the like), without the data set's counts."""
-    options = dict(describe(name).quick.get("data", {}))
-    return {k: v for k, v in options.items() if k not in ("num_train", "num_test", "seed")}
 
 
 def extension_of(path: Path) -> str:
@@ -59,18 +51,6 @@ def output_name(name: str, stem: str, ext: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory) -> dict[str, Path]:
-    """A ``model.pt`` of freshly initialised weights for every bundle."""
-    folder = tmp_path_factory.mktemp("untrained")
-    weights = {}
-    for name in BUNDLE_NAMES:
-        profile = describe(name)
-        weights[name] = folder / f"{name}.pt"
-        torch.save(build_network(profile.root, "configs/inference.json").state_dict(), weights[name])
-    return weights
-
-
-@pytest.fixture(scope="module")
 def sample_case(tmp_path_factory) -> dict[str, list[Path]]:
     """The image file(s) of one synthetic case per bundle, written by its generator at quick-mode size."""
     cases = {}
@@ -81,11 +61,6 @@ def sample_case(tmp_path_factory) -> dict[str, list[Path]]:
         first = list_images(str(folder), tuple(OTHER_EXTENSION), group_channels=profile.is_multimodal)[0]["image"]
         cases[name] = [Path(p) for p in (first if isinstance(first, list) else [first])]
     return cases
-
-
-def quick_overrides(name: str) -> dict:
-    """The bundle's quick-mode inference overrides (small windows, no loader workers)."""
-    return dict(describe(name).quick.get("overrides", {}))
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
