@@ -165,6 +165,12 @@ def test_nodules_outside_the_lung_fields_are_removed():
     kept = lungs_module.KeepInsideLungsd("pred")({"pred": pred, "lungs": lungs})
     assert "lungs" not in kept
     np.testing.assert_array_equal(np.asarray(kept["pred"][0]) > 0.5, truth)
+    # the prediction in another grid of the same world (LPS-ordered, as DICOM-derived NIfTIs are): the same answer
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = np.array(fake.shape[:2]) - 1
+    lps = _meta(np.ascontiguousarray(fake[::-1, ::-1]).astype(np.float32), phantom.affine @ flip)
+    kept_lps = lungs_module.KeepInsideLungsd("pred")({"pred": lps, "lungs": lungs})["pred"]
+    np.testing.assert_array_equal(np.asarray(kept_lps[0])[::-1, ::-1] > 0.5, truth)
 
 
 def test_without_lung_fields_every_nodule_is_kept(caplog):

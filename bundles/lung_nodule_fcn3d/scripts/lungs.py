@@ -54,8 +54,9 @@ def grow(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.nda
 
 
 class LungFieldsd(MapTransform):
-    """Put the lung fields (grown by ``margin_mm``) of the windowed CT under ``image_key`` into ``output_key``, with
-    the image's metadata and applied operations, so ``Invertd`` brings them to the input's grid with the prediction.
+    """Put the lung fields (grown by ``margin_mm``) of the windowed CT under ``image_key`` into ``output_key``, in
+    the image's (working) grid and with its affine: ``KeepInsideLungsd`` looks them up from any other grid through
+    the two affines, so the mask is never resampled to the input's (possibly 512 x 512 x 1000) grid.
 
     Args:
         image_key: the preprocessed CT (RAS, ``spacing``, intensities windowed from ``hu_window`` to 0..1).
@@ -85,17 +86,24 @@ class LungFieldsd(MapTransform):
         hu = self.low + np.asarray(image[0].detach().cpu(), dtype=np.float32) * (self.high - self.low)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         lungs = grow(lung_fields(hu, min_voxels=int(np.ceil(self.min_ml / voxel_ml))), spacing, self.margin_mm)
-        d[self.output_key] = MetaTensor(
-            torch.as_tensor(lungs[None], dtype=torch.float32),
-            meta=dict(image.meta),
-            applied_operations=list(image.applied_operations),
-        )
+        d[self.output_key] = MetaTensor(torch.as_tensor(lungs[None]), affine=image.affine.clone())
         return d
 
 
+def lookup(mask: np.ndarray, mask_affine: np.ndarray, voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Values of ``mask`` (with its voxel-to-world ``mask_affine``) at the world positions of ``voxels`` (N x 3
+    indices of a grid with ``affine``), nearest voxel; positions outside the mask read False."""
+    world = np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=float).T
+    index = np.rint((world @ np.linalg.inv(np.asarray(mask_affine, dtype=float)).T)[:, :3]).astype(int)
+    inside = np.all((index >= 0) & (index < np.array(mask.shape)), axis=1)
+    values = np.zeros(len(voxels), bool)
+    values[inside] = mask[tuple(index[inside].T)]
+    return values
+
+
 class KeepInsideLungsd(MapTransform):
-    """Remove the nodule components of ``keys`` that do not touch the lung fields under ``lungs_key`` (same grid;
-    the mask is dropped from the data once used).
+    """Remove the nodule components of ``keys`` that do not touch the lung fields under ``lungs_key`` (any grid:
+    looked up in world coordinates through both affines; the mask is dropped from the data once used).
 
     When no lung field was found (not a chest CT, or lungs cut by the field of view), nothing is removed and a
     warning names the file: the nodules are then reported as found, not silently dropped.
@@ -107,14 +115,17 @@ class KeepInsideLungsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        lungs = np.asarray(d.pop(self.lungs_key)[0].detach().cpu()) > 0.5  # used here only: not kept in memory
+        lungs = d.pop(self.lungs_key)
+        mask, mask_affine = np.asarray(lungs[0].detach().cpu()) > 0.5, np.asarray(lungs.affine, dtype=float)
         for key in self.key_iterator(d):
             pred = d[key]
-            if not lungs.any():
+            if not mask.any():
                 logger.warning("%s: no lung fields found; nodules are not checked against them", source_name(d, key))
                 continue
             labels, count = label_components(np.asarray(pred[0].detach().cpu()) > 0.5)
-            inside = np.unique(labels[lungs & (labels > 0)])
+            voxels = np.argwhere(labels > 0)
+            touching = lookup(mask, mask_affine, voxels, np.asarray(pred.affine, dtype=float))
+            inside = np.unique(labels[tuple(voxels[touching].T)])
             outside = np.setdiff1d(np.arange(1, count + 1), inside)
             if outside.size:
                 d[key] = pred.clone()
