@@ -148,7 +148,9 @@ class CheckImaged(MapTransform):
         reference_key: spatial shapes of all ``keys`` must equal the shape of this key.
         spatial_dims: expected number of spatial dimensions (e.g. 3 for a volume); ``None`` accepts any.
         max_label: per key, the largest class index a label may hold; its values must be integers in 0..max.
-        min_size: the fewest pixels (voxels) an image may have along each spatial axis; ``None`` accepts any.
+        min_size: the fewest pixels (voxels) an image may have along each spatial axis (one number for all), or
+            per axis, compared after sorting both so that the stored axis order does not matter (``[16, 16, 1]``:
+            two axes of at least 16, whichever they are); ``None`` accepts any.
         channel_names: per key, the names of the expected channels (e.g. modalities), said in the message when the
             channel count is wrong, with how a multimodal case is given.
         allow_missing_keys: skip keys absent from the data.
@@ -161,7 +163,7 @@ class CheckImaged(MapTransform):
         reference_key: str | None = "image",
         spatial_dims: int | None = None,
         max_label: Mapping[str, int] | None = None,
-        min_size: int | None = None,
+        min_size: int | Sequence[int] | None = None,
         channel_names: Mapping[str, Sequence[str]] | None = None,
         allow_missing_keys: bool = True,
     ) -> None:
@@ -184,11 +186,14 @@ class CheckImaged(MapTransform):
                 )
             if img.numel() == 0 or min(img.shape[1:], default=0) == 0:
                 raise ValueError(f"{name}: the {key} is empty (shape {tuple(img.shape[1:])}).")
-            if self.min_size is not None and min(img.shape[1:]) < self.min_size:
-                raise ValueError(
-                    f"{name}: the {key} is {'x'.join(map(str, img.shape[1:]))} pixels, too small for this bundle "
-                    f"(at least {self.min_size} along each axis); check that this is the full-size image."
-                )
+            if self.min_size is not None:
+                smallest = [self.min_size] * (img.ndim - 1) if isinstance(self.min_size, int) else self.min_size
+                if any(s < m for s, m in zip(sorted(img.shape[1:]), sorted(smallest))):
+                    need = " x ".join(map(str, sorted(smallest, reverse=True)))
+                    raise ValueError(
+                        f"{name}: the {key} is {'x'.join(map(str, img.shape[1:]))} pixels, too small for this "
+                        f"bundle (at least {need}, in any axis order); check that this is the full-size image."
+                    )
             expected = self.channels.get(str(key))
             if expected is not None and img.shape[0] != expected:
                 names = self.channel_names.get(str(key))

@@ -30,17 +30,23 @@ def extension_of(path: Path) -> str:
     return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
 
 
-def copy_case(files: list[Path], folder: Path, stem: str, ext: str, channels: list[int] | None = None) -> list[Path]:
+def copy_case(
+    files: list[Path], folder: Path, stem: str, ext: str, channels: list[int] | None = None, crop: int | None = None
+) -> list[Path]:
     """Write the image files of one case again as ``folder/<stem>[_XXXX]<ext>``, re-encoded for ``ext``; a
-    multimodal case (several files) keeps one file per channel, numbered ``channels`` (0, 1, ... by default)."""
+    multimodal case (several files) keeps one file per channel, numbered ``channels`` (0, 1, ... by default);
+    ``crop`` keeps only a corner of ``crop`` pixels (and two slices of a volume)."""
     numbers = channels if channels is not None else list(range(len(files)))
     written = []
     for number, source in zip(numbers, files):
         target = folder / (f"{stem}_{number:04d}{ext}" if len(files) > 1 else f"{stem}{ext}")
         if extension_of(source) == ".png":
-            Image.open(source).save(target)
+            image = Image.open(source)
+            (image.crop((0, 0, crop, crop)) if crop else image).save(target)
         else:
-            nib.save(nib.load(source), target)
+            image = nib.load(source)
+            values = np.asarray(image.dataobj)
+            nib.save(nib.Nifti1Image(values[:crop, :crop, :2] if crop else values, image.affine), target)
         written.append(target)
     return written
 
@@ -73,7 +79,9 @@ def test_each_bad_case_in_a_folder_fails_alone(name, untrained, sample_case, tmp
     copy_case(files, inputs, "blocked", ext)
     (outputs / output_name(name, "blocked", ext)).mkdir(parents=True)  # its output cannot be written
     twins = [copy_case(files, inputs, "twin", e)[0] for e in (ext, OTHER_EXTENSION[ext])]
+    tiny = copy_case(files, inputs, "tiny", ext, crop=8)
     expected = {"blocked": "blocked", twins[0].name: "twin_seg", twins[1].name: "twin_seg"}
+    expected[tiny[0].name] = "too small for this bundle"
     if profile.is_multimodal:
         gap = copy_case(files, inputs, "gap", ext, channels=[0, 2, 3])
         expected[gap[0].name] = "without _0001"
@@ -94,7 +102,7 @@ def test_each_bad_case_in_a_folder_fails_alone(name, untrained, sample_case, tmp
     assert str(twins[0]) in twin_message and str(twins[1]) in twin_message and "rename" in twin_message
     assert (outputs / output_name(name, "good", ext)).is_file()
     written = {p.name for p in outputs.iterdir()}
-    assert not [n for n in written if n.startswith(("twin", "gap", "."))], written  # nothing of theirs, no leftovers
+    assert not [n for n in written if n.startswith(("twin", "gap", "tiny", "."))], written  # none of theirs
     assert not any((outputs / output_name(name, "blocked", ext)).iterdir())
     assert not [n for n in written if n.startswith("blocked") and n != output_name(name, "blocked", ext)], written
 
