@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from common.data import REFUSED_KEY
 from common.distributed import gather, is_main
-from common.errors import causes, exit_now, first_line, user_error
+from common.errors import causes, first_line, user_error
 from common.tables import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ class ScreenedDataset(Dataset):
                 report.unlink(missing_ok=True)
             report = Path(merged_path)
         if not is_main():
-            if failed:
-                exit_now(1)  # the first process reports it
-            return
+            return  # the first process reports the run, and its status is the run's (torchrun's) status
         where = f", listed in {report}" if report is not None else ""
         print(f"{listed - len(failed)} of {listed} cases written; {len(failed)} skipped{where}")
         if failed:
