@@ -40,7 +40,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import shutil
 import sys
 import time
 import traceback
@@ -58,6 +57,7 @@ import fire
 import nnunet_budget as nb
 import numpy as np
 import yaml
+from bundle_training import train_for
 from charts import draw_charts
 
 import synthetic
@@ -189,43 +189,10 @@ def nnunet_predict(work: str, dataset_id: int, checkpoint: str, cases: dict[str,
 
 def bundle_train(bundle: str, dataset: str, work: str, budget_s: float, workers: int,
                  overrides: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Bundle arm, training: ``train.json`` as shipped, stopped by ``ignite.handlers.TimeLimit`` at the budget."""
-    from ignite.engine import Events
-    from ignite.handlers import TimeLimit
-    from monai.bundle import ConfigParser
-
-    p = describe(bundle)
-    sys.path.insert(0, str(p.root))  # the bundle's configs import its own code as ``scripts``, as MONAI's run does
-    work_dir = Path(work)
-    parser = ConfigParser()
-    parser.read_config(str(p.config("train.json")))
-    values = {"bundle_root": str(p.root), "dataset_dir": dataset, "output_dir": str(work_dir / "train"),
-              "ckpt_path": str(work_dir / "models" / "model.pt"), "max_epochs": 100_000, "num_workers": workers,
-              **overrides}  # fmt: skip
-    for key, value in values.items():
-        parser[key] = value
-    start = time.perf_counter()
-    parser.get_parsed_content("initialize")
-    trainer = parser.get_parsed_content("train#trainer")  # builds the cached datasets
-    evaluator = parser.get_parsed_content("validate#evaluator")
-    parser.get_parsed_content("train#checkpoint_saver").attach(trainer)
-    setup_s = time.perf_counter() - start
-    curve: list[tuple[float, float]] = []
-    clock: dict[str, float] = {}
-
-    def record(engine: Any) -> None:
-        curve.append((time.perf_counter() - clock["start"], float(engine.state.metrics[engine.state.key_metric_name])))
-
-    evaluator.add_event_handler(Events.COMPLETED, record)
-    trainer.add_event_handler(Events.STARTED, lambda _: clock.setdefault("start", time.perf_counter()))
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=int(math.ceil(budget_s))))
-    trainer.run()
-    train_s = time.perf_counter() - clock["start"]
-    best = work_dir / "models" / "model.pt"
-    if not best.is_file():  # no validation in the budget: the last weights
-        shutil.copy(work_dir / "models" / "checkpoint_final.pt", best)
-    return {"train_seconds": train_s, "setup_s": setup_s, "epochs": trainer.state.epoch,
-            "iterations": trainer.state.iteration, "curve": curve, "checkpoint": str(best)}  # fmt: skip
+    """Bundle arm, training: ``train.json`` as shipped, stopped at the budget (``bundle_training.train_for``)."""
+    values = {"dataset_dir": dataset, "output_dir": str(Path(work) / "train"),
+              "ckpt_path": str(Path(work) / "models" / "model.pt"), "num_workers": workers, **overrides}  # fmt: skip
+    return train_for(describe(bundle).root, values, budget_s)
 
 
 def bundle_predict(bundle: str, input_dir: str, output_dir: str, checkpoint: str, workers: int,

@@ -77,6 +77,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import fire
 import torch
 import torch.nn as nn
+from bundle_training import train_for
 from PIL import Image, ImageDraw, ImageFont
 
 import synthetic
@@ -114,6 +115,10 @@ class Settings:
     #: each bundle's ``speed.quick.overrides`` (coarse spacings, small windows) under them
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     quick: bool = False  # small inputs everywhere (``speed.quick``); the memory run reuses the inference folder
+    # time to target: train.json on the bundle's demo data until its validation key metric reaches the bundle's
+    # ``speed.target.metric`` (minutes per bundle; off unless asked)
+    time_to_target: bool = False
+    target_budget_s: float = 1800.0  # give up after this many training seconds
 
 
 QUICK = {"infer_cases": 1, "train_cases": 3, "train_epochs": 2, "quick": True}
@@ -590,7 +595,44 @@ def worker(spec_path: str) -> None:
             f"    {t['dataset']}, {t['num_workers']} loader workers: {t['samples_per_s']:.2f} samples/s "
             f"(cache {t['cache_build_s']:.2f} s, first epoch {t['first_epoch_s']:.2f} s)"
         )
+    if s.time_to_target:
+        result["target"] = measure_time_to_target(bundle, s, data, work, log)
     Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
+
+
+def measure_time_to_target(bundle: str, s: Settings, data: Path, work: Path, log: Any) -> dict[str, Any]:
+    """Seconds of ``train.json`` training (as shipped) until the validation key metric first reaches the bundle's
+    ``speed.target.metric``, on the bundle's demo data (quick: its quick data and training overrides)."""
+    target = speed_section(bundle)["target"]
+    p = profile(bundle)
+    options = dict((p.quick if s.quick else p.demo)["data"])
+    folder = data / "target_data"
+    if not (folder / "dataset.json").is_file():
+        synthetic.write_dataset(p.task, folder, **{**options, "seed": s.seed})
+    values = {"dataset_dir": str(folder), "output_dir": str(work / "target_train"),
+              "ckpt_path": str(work / "target_models" / "model.pt"), "device": f"$torch.device('{s.device}')",
+              **({k: v for k, v in p.quick["train"].items() if k != "max_epochs"} if s.quick else {}),
+              **s.overrides.get(bundle, {})}  # fmt: skip
+    budget = float(target.get("quick_budget_s", 30.0)) if s.quick else s.target_budget_s
+    log(f"time to target: validation {target['what']} >= {target['metric']}, at most {budget:.0f} s")
+    run = train_for(p.root, values, budget, target=float(target["metric"]))
+    reached = run["time_to_target_s"]
+    outcome = f"reached in {reached:.1f} s" if reached is not None else "not reached"
+    log(f"    {outcome} ({run['epochs']} epochs)")
+    return {
+        "bundle": bundle,
+        "target": f"{target['what']} >= {target['metric']}",
+        "time_to_target_s": round(reached, 1) if reached is not None else math.nan,
+        "budget_s": budget,
+        "epochs": run["epochs"],
+        "iterations": run["iterations"],
+        "best_metric": round(max((m for _, m in run["curve"]), default=math.nan), 4),
+        "validations": len(run["curve"]),
+        "setup_s": round(run["setup_s"], 1),
+        "train_cases": options.get("num_train", ""),
+        "threads": s.threads,
+        "device": s.device,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -822,6 +864,21 @@ def draw_chart(path: Path, infer: list[dict], train: list[dict], memory: list[di
     image.save(path)
 
 
+def target_section(rows: list[dict[str, Any]]) -> str:
+    """The results.md section of the time-to-target measurement."""
+    lines = ["", "## Time to target", "",
+             "`train.json` as shipped, on the bundle's demo data, until its validation key metric first reaches the "
+             "target (resolution: the validation interval); training seconds from the first iteration, validation "
+             "included, dataset caching apart (setup_s).", "",
+             "| bundle | target | time_to_target_s | epochs | best metric | validations | setup_s | budget_s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        reached = "not reached" if math.isnan(r["time_to_target_s"]) else f"{r['time_to_target_s']:.0f}"
+        lines.append(f"| {r['bundle']} | {r['target']} | {reached} | {r['epochs']} | {r['best_metric']:.3f} | "
+                     f"{r['validations']} | {r['setup_s']:.0f} | {r['budget_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
     """Run the benchmark (``--quick``: small smoke-test inputs) and write its outputs into ``output_dir``."""
     s = make_settings(quick, **settings)
@@ -830,6 +887,7 @@ def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
     start = time.perf_counter()
     print(f"speed benchmark: {len(s.bundles)} bundle(s), settings {dataclasses.asdict(s)}", flush=True)
     infer_rows, breakdown_rows, train_rows, memory_rows, weights = [], [], [], [], set()
+    target_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data_root = Path(s.data_dir).resolve() if s.data_dir else Path(tmp) / "data"
         for bundle in s.bundles:
@@ -846,6 +904,8 @@ def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
             inf = result.pop("inference")
             breakdown_rows += [{"bundle": bundle, **b} for b in inf.pop("breakdown")]
             infer_rows.append({**inf, "weights": result["weights"], "threads": s.threads, "device": s.device})
+            if "target" in result:
+                target_rows.append(result["target"])
             arms = result["training"]
             b, r = arms.get("bundle"), arms.get("reference")
             train_rows += [] if not arms else [
@@ -886,7 +946,12 @@ def main(output_dir: str, quick: bool = False, **settings: Any) -> str:
             write_csv_atomic(out / "training.csv", train_rows)
         if memory_rows:
             write_csv_atomic(out / "memory.csv", memory_rows)
+        if target_rows:
+            write_csv_atomic(out / "time_to_target.csv", target_rows)
         write_report(out, s, infer_rows, train_rows, memory_rows, weights, wall)
+        if target_rows:
+            with open(out / "results.md", "a") as report:
+                report.write(target_section(target_rows))
         draw_chart(out / "speed.png", infer_rows, train_rows, memory_rows)
     print(f"wrote {out}/results.md ({wall / 60:.1f} min)", flush=True)
     return str(out / "results.md")

@@ -28,7 +28,9 @@ SCRIPT = ROOT / "benchmarks" / "speed.py"
 BUNDLES = bundle_names()
 OUTPUTS = ["inference.csv", "inference_breakdown.csv", "training.csv", "memory.csv", "results.md", "speed.png"]
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
 bench = load_module(SCRIPT, "benchmark_speed")
+training = load_module(ROOT / "benchmarks" / "bundle_training.py", "bundle_training")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -193,3 +195,16 @@ def test_every_bundle_declares_generator_options_its_generator_accepts():
             for quick in (False, True):
                 options = bench.generator_options(bundle, kind, quick)
                 assert set(options) <= accepted, (bundle, kind, quick, sorted(set(options) - accepted))
+
+
+def test_time_to_target_stops_at_the_first_validation_that_reaches_it(tmp_path):
+    p = describe("retinal_vessel_unet")
+    synthetic.write_dataset(p.task, tmp_path / "data", **{**p.quick["data"], "num_train": 4})
+    values = {"dataset_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "train"),
+              "ckpt_path": str(tmp_path / "models" / "model.pt"), "num_workers": 0, "val_interval": 1,
+              "train#dataloader#batch_size": 2}  # fmt: skip
+    run = training.train_for(p.root, values, budget_s=120, target=0.0)  # any validation reaches 0
+    assert run["epochs"] == 1 and len(run["curve"]) == 1
+    assert run["time_to_target_s"] == run["curve"][0][0] < 120
+    assert (tmp_path / "models" / "model.pt").is_file()  # the best model of that validation
+    assert bench.speed_section("retinal_vessel_unet")["target"]["metric"] == 0.8
