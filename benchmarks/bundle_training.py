@@ -22,13 +22,17 @@ def train_for(
     values: Mapping[str, Any],
     budget_s: float,
     target: float | None = None,
+    fit_schedule: bool = False,
 ) -> dict[str, Any]:
     """Train the bundle at ``root`` with ``values`` set (``dataset_dir``, ``output_dir``, ``ckpt_path``, ...).
 
     Stops at ``budget_s`` seconds of training or, with ``target``, at the first validation whose key metric reaches
-    it. Returns ``train_seconds``, ``setup_s`` (parsing, caching), ``epochs``, ``iterations``, ``curve``
-    ([seconds, metric] per validation), ``time_to_target_s`` (None if not reached) and ``checkpoint`` (the best
-    model, or the last weights where no validation ran).
+    it. ``fit_schedule``: the number of epochs (and the ``T_max`` of a cosine ``lr_scheduler``) is re-estimated after
+    every epoch as what the budget holds at the rate so far, so the schedule ends at the budget as it would end at
+    ``max_epochs``; otherwise ``max_epochs`` is the config's (or ``values``'). Returns ``train_seconds``,
+    ``setup_s`` (parsing, caching), ``epochs``, ``iterations``, ``curve`` ([seconds, metric] per validation),
+    ``time_to_target_s`` (None if not reached) and ``checkpoint`` (the best model, or the last weights where no
+    validation ran).
     """
     from ignite.engine import Events
     from ignite.handlers import TimeLimit
@@ -40,7 +44,6 @@ def train_for(
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "train.json"))
     parser["bundle_root"] = str(root)
-    parser["max_epochs"] = 1_000_000
     for key, value in values.items():
         parser[key] = value
     start = time.perf_counter()
@@ -62,6 +65,17 @@ def train_for(
             clock["reached"] = curve[-1][0]
             trainer.terminate()
 
+    def refit(engine: Any) -> None:
+        rate = (time.perf_counter() - clock["start"]) / engine.state.epoch
+        fitted = max(engine.state.epoch + 2, int(budget_s / rate))  # the time limit ends the run
+        engine.state.max_epochs = fitted
+        if scheduler is not None and hasattr(scheduler, "T_max"):
+            scheduler.T_max = fitted
+
+    scheduler = parser.get_parsed_content("lr_scheduler") if "lr_scheduler" in parser else None
+    if fit_schedule:
+        trainer.state.max_epochs = 1_000_000  # until the first refit
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, refit)
     trainer.add_event_handler(Events.STARTED, started)
     evaluator.add_event_handler(Events.COMPLETED, validated)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(limit_sec=max(1, int(math.ceil(budget_s)))))

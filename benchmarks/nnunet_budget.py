@@ -139,9 +139,10 @@ def budget_trainer_class() -> type:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     class BudgetTrainer(nnUNetTrainer):
-        """``nnUNetTrainer`` unchanged but for the stop: after the first epoch the number of epochs is set to what
-        fits ``budget_s`` (so the learning rate decays to about zero at the budget, as it would at epoch 1000), and
-        training stops at the first iteration past the budget. Records (seconds, pseudo Dice) after every epoch."""
+        """``nnUNetTrainer`` unchanged but for the stop: after every epoch the number of epochs is set to what fits
+        ``budget_s`` at the rate so far (so the poly learning rate decays to about zero at the budget, as it would at
+        epoch 1000), and training stops at the first iteration past the budget. Records (seconds, pseudo Dice)
+        after every epoch."""
 
         budget_s: float = 60.0
 
@@ -168,10 +169,10 @@ def budget_trainer_class() -> type:
                     self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val)) for _ in batches])
                 elapsed = time.perf_counter() - start
                 self.curve.append((elapsed, float(self.logger.get_value("mean_fg_dice", step=-1))))
-                if self.current_epoch == 0:  # fit the schedule: as many epochs as the budget holds
-                    fitted = max(2, int(self.budget_s / max(elapsed, 1e-6)))
-                    self.num_epochs = fitted
-                    self.lr_scheduler.max_steps = fitted
+                # fit the schedule: as many epochs as the budget holds at the rate so far
+                fitted = max(self.current_epoch + 2, int(self.budget_s / (elapsed / (self.current_epoch + 1))))
+                self.num_epochs = fitted
+                self.lr_scheduler.max_steps = fitted
                 self.on_epoch_end()
                 if time.perf_counter() > deadline:
                     break

@@ -11,7 +11,8 @@ For every bundle (every folder of ``bundles/`` with a ``tooling.json``, or those
   (its poly learning-rate schedule fitted to the epochs the budget holds); the test cases predicted with its own
   predictor (Gaussian windows, half overlap, mirroring).
 - **The bundle**: its own ``train.json`` (validation, best-model saving, its caching and loader workers) with
-  ``ignite.handlers.TimeLimit`` stopping it at the budget; the best model (the last weights where no validation ran
+  ``ignite.handlers.TimeLimit`` stopping it at the budget and its epochs (and cosine schedule) fitted to the budget
+  as nnU-Net's are; the best model (the last weights where no validation ran
   in the budget) segments the test images with ``inference.json``, as a user runs it.
 
 The budget is wall-clock training time from the first iteration, validation included; set-up (nnU-Net's planning
@@ -40,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -192,7 +194,7 @@ def bundle_train(bundle: str, dataset: str, work: str, budget_s: float, workers:
     """Bundle arm, training: ``train.json`` as shipped, stopped at the budget (``bundle_training.train_for``)."""
     values = {"dataset_dir": dataset, "output_dir": str(Path(work) / "train"),
               "ckpt_path": str(Path(work) / "models" / "model.pt"), "num_workers": workers, **overrides}  # fmt: skip
-    return train_for(describe(bundle).root, values, budget_s)
+    return train_for(describe(bundle).root, values, budget_s, fit_schedule=True)
 
 
 def bundle_predict(bundle: str, input_dir: str, output_dir: str, checkpoint: str, workers: int,
@@ -326,6 +328,7 @@ def run_bundle_arms(p: BundleProfile, s: Settings, out: Path, index: int) -> dic
                       "files": {c: Path(f) for c, f in predicted["files"].items()}}  # fmt: skip
 
     print(f"[{p.name}] bundle: train.json for {budget:.0f} s", flush=True)
+    shutil.rmtree(work / "bundle", ignore_errors=True)  # no model of an earlier run taken for this one's
     trained = run_child("bundle_train", work / "bundle_train.json", threads=s.threads, bundle=p.name,
                         dataset=str(data), work=str(work / "bundle"), budget_s=budget, workers=s.workers,
                         overrides=train_over)  # fmt: skip

@@ -614,6 +614,7 @@ def measure_time_to_target(bundle: str, s: Settings, data: Path, work: Path, log
               **({k: v for k, v in p.quick["train"].items() if k != "max_epochs"} if s.quick else {}),
               **s.overrides.get(bundle, {})}  # fmt: skip
     budget = float(target.get("quick_budget_s", 30.0)) if s.quick else s.target_budget_s
+    shutil.rmtree(work / "target_models", ignore_errors=True)
     log(f"time to target: validation {target['what']} >= {target['metric']}, at most {budget:.0f} s")
     run = train_for(p.root, values, budget, target=float(target["metric"]))
     reached = run["time_to_target_s"]
