@@ -181,9 +181,10 @@ def test_every_bundle_declares_generator_options_its_generator_accepts():
         profile = describe(bundle)
         generator = synthetic.generator(profile.task)
         speed = profile.extra["speed"]
-        assert set(speed) == {"infer", "train", "memory", "quick"} and set(speed["quick"]) <= {
+        assert set(speed) == {"infer", "train", "memory", "quick", "target"} and set(speed["quick"]) <= {
             "infer", "train", "overrides"
         }, bundle  # fmt: skip
+        assert 0 < speed["target"]["metric"] <= 1 and speed["target"]["what"], f"{bundle}: speed.target"
         assert speed["memory"].get("what"), f"{bundle}: speed.memory needs a 'what' for the report"
         for kind, function in (("infer", generator.write_inputs), ("memory", generator.write_inputs),
                                ("train", generator.write_dataset)):  # fmt: skip
