@@ -93,7 +93,7 @@ class Settings:
     quick: bool = False
 
 
-QUICK = {"bundles": ("retinal_vessel_unet",), "budget_s": 12.0, "nnunet_iterations_per_epoch": 4,
+QUICK = {"bundles": ("retinal_vessel_unet",), "budget_s": 8.0, "nnunet_iterations_per_epoch": 4,
          "nnunet_val_iterations": 2, "quick": True}  # fmt: skip
 
 
