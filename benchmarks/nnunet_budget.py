@@ -136,6 +136,7 @@ def plan_and_preprocess(dataset_id: int, configuration: str, processes: int = 2)
 
 def budget_trainer_class() -> type:
     """nnU-Net's default trainer, stopped at a wall-clock budget with its poly schedule fitted to that budget."""
+    import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     class BudgetTrainer(nnUNetTrainer):
@@ -163,7 +164,7 @@ def budget_trainer_class() -> type:
                     if time.perf_counter() > deadline:
                         break
                 self.on_train_epoch_end(outputs)
-                with torch_no_grad():
+                with torch.no_grad():
                     self.on_validation_epoch_start()
                     batches = range(self.num_val_iterations_per_epoch)
                     self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val)) for _ in batches])
@@ -180,13 +181,6 @@ def budget_trainer_class() -> type:
             self.on_train_end()
 
     return BudgetTrainer
-
-
-def torch_no_grad() -> Any:
-    """``torch.no_grad()`` (torch imported late, with nnU-Net)."""
-    import torch
-
-    return torch.no_grad()
 
 
 def train(

@@ -3,7 +3,6 @@ is known, and the quick run (nnU-Net and the retinal bundle each trained seconds
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, check, load_module
+from conftest import ROOT, check, load_module, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "peers.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -106,23 +105,17 @@ def quick_run(tmp_path_factory) -> Path:
     return out
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.slow
 def test_quick_run_trains_and_scores_both_systems(quick_run):
     for name in ("results.csv", "per_case.csv", "curves.csv", "results.md", "curves.png"):
         assert (quick_run / name).stat().st_size > 0, name
-    rows = read_rows(quick_run / "results.csv")
+    rows = read_csv(quick_run / "results.csv")
     assert [r["system"] for r in rows] == ["bundle", "nnunet"]
     for r in rows:
         assert 0.0 <= float(r["dice_vessel"]) <= 1.0, r
         assert float(r["train_s"]) >= float(r["budget_s"]), r  # stopped at the budget, not before
         assert int(r["iterations"]) > 0 and float(r["inference_s_per_case"]) > 0, r
-    cases = read_rows(quick_run / "per_case.csv")
+    cases = read_csv(quick_run / "per_case.csv")
     by_system = {s: sorted(r["case"] for r in cases if r["system"] == s) for s in ("bundle", "nnunet")}
     assert by_system["bundle"] == by_system["nnunet"] and len(by_system["bundle"]) == 2
     nnunet_raw = next((quick_run / "retinal_vessel_unet" / "nnunet" / "raw").glob("Dataset*"))
