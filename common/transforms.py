@@ -20,7 +20,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from common.metrics.lesions import remove_small_components
+from common.metrics.lesions import label_components, mask_box, remove_small_components
 from common.tables import case_stem
 
 #: a file stem ending in a four-digit channel index, ``<case>_0000`` (nnU-Net)
@@ -309,6 +309,79 @@ class RemoveSmallComponentsd(MapTransform):
         return d
 
 
+class KeepLargestComponentd(MapTransform):
+    """MONAI's ``KeepLargestConnectedComponentd(independent=False)`` with full connectivity: the voxels of
+    ``applied_labels`` outside the largest connected component of their union become background.
+
+    Computed inside the bounding box of those labels: on a 512 x 512 x 300 CT holding one
+    liver, MONAI's labels the whole volume (4.5 s here) for the same result.
+
+    Args:
+        keys: keys of channel-first integer label maps.
+        applied_labels: the classes whose union must be one component.
+    """
+
+    def __init__(self, keys: KeysCollection, applied_labels: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.applied_labels = list(applied_labels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = d[key]
+            array = np.asarray(torch.as_tensor(values[0]).cpu())
+            foreground = np.zeros(array.shape, dtype=bool)
+            for label in self.applied_labels:  # faster than np.isin on a whole CT
+                foreground |= array == label
+            box = mask_box(foreground)
+            if box is None:
+                continue
+            labels, count = label_components(foreground[box])
+            if count < 2:
+                continue
+            largest = int(np.argmax(np.bincount(labels.ravel(), minlength=count + 1)[1:])) + 1
+            removed = np.zeros(array.shape, dtype=bool)
+            removed[box] = foreground[box] & (labels != largest)
+            d[key] = values.clone()  # a MetaTensor keeps its affine and metadata
+            d[key][0][torch.as_tensor(removed, device=values.device)] = 0
+        return d
+
+
+class BoundingBoxd(MapTransform):
+    """Replace the channel-first binary masks under ``keys`` by their bounding box, filled (same type and metadata;
+    all False when the mask is empty): for ``MaskIntensityd`` to keep what lies within reach of a structure."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            box = mask_box(np.asarray(torch.as_tensor(mask).cpu()).any(axis=0))
+            filled = torch.zeros_like(torch.as_tensor(mask), dtype=torch.bool)
+            if box is not None:
+                filled[(slice(None), *box)] = True
+            d[key] = convert_to_dst_type(filled, mask, dtype=torch.bool)[0]
+        return d
+
+
+class BackgroundOutsided(MapTransform):
+    """Make the channel-first class probabilities under ``keys`` certain background (channel 0 one, the others
+    zero) wherever the mask under ``mask_key`` (one channel, same grid) is False."""
+
+    def __init__(self, keys: KeysCollection, mask_key: str, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        outside = ~torch.as_tensor(d[self.mask_key][0], dtype=torch.bool)
+        for key in self.key_iterator(d):
+            probabilities = d[key].clone()
+            probabilities[:, outside.to(probabilities.device)] = 0.0
+            probabilities[0][outside.to(probabilities.device)] = 1.0
+            d[key] = probabilities
+        return d
+
+
 class AtomicSaveImaged(MapTransform):
     """``SaveImaged`` that writes into a hidden folder and then renames, so an output file is complete or absent.
 
@@ -362,10 +435,13 @@ class NormalizeInHeadd(MapTransform):
     Statistics come from the head only (see :func:`head_mask`), so the share of air in the field of view and each
     scanner's arbitrary intensity scale do not change the result; every voxel, inside or outside the head, is then
     shifted and scaled by them. An image with no head (a blank or constant volume) is refused with its file name.
+    With ``mask_key`` the head mask is kept there (``(1, X, Y, Z)``, the image's affine), e.g. for
+    ``CropForegroundd`` to leave the air out of a dense network's work.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, mask_key: str | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -381,4 +457,6 @@ class NormalizeInHeadd(MapTransform):
                 mean, std = float(inside.mean()), float(inside.std())
                 out[c] = torch.as_tensor((channel - mean) / max(std, 1e-6))
             d[key] = out
+            if self.mask_key is not None:
+                d[self.mask_key] = convert_to_dst_type(torch.as_tensor(mask[None]), image, dtype=torch.bool)[0]
         return d

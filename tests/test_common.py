@@ -11,7 +11,15 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor, get_track_meta
-from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Flipd, Lambdad, LoadImaged
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    Flipd,
+    KeepLargestConnectedComponentd,
+    Lambdad,
+    LoadImaged,
+)
 from PIL import Image
 
 from common.data import is_dicom_file, list_images, load_datalist
@@ -21,10 +29,13 @@ from common.tables import case_stem, summarize, write_csv_atomic
 from common.transforms import (
     ArgMaxd,
     AtomicSaveImaged,
+    BackgroundOutsided,
+    BoundingBoxd,
     CentreLabeld,
     CheckHounsfieldd,
     CheckImaged,
     ComposeWithoutMeta,
+    KeepLargestComponentd,
     NormalizeInHeadd,
     RemoveSmallComponentsd,
     head_mask,
@@ -357,6 +368,41 @@ def test_small_components_are_relabelled_by_volume_in_mm3():
     organ_pred = MetaTensor(torch.as_tensor(organ[None]), affine=torch.as_tensor(affine))
     relabelled = RemoveSmallComponentsd("pred", 15.0, label=2, fill=1)({"pred": organ_pred})["pred"]
     assert relabelled[0, 5, 10, 2] == 1 and relabelled[0, 1, 1, 1] == 2 and int((relabelled == 2).sum()) == 6
+
+
+def test_largest_component_matches_monai_and_labels_match_the_whole_volume():
+    """``KeepLargestComponentd`` (labelled in the foreground's box) gives MONAI's result; components are those of
+    labelling the whole volume."""
+    from scipy import ndimage
+
+    from common.metrics.lesions import label_components
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 36, 30), np.uint8)
+    labels[6:30, 8:28, 5:22] = rng.choice([0, 1, 2], size=(24, 20, 17), p=[0.55, 0.3, 0.15])
+    pred = MetaTensor(torch.as_tensor(labels[None]), affine=torch.diag(torch.tensor([0.8, 0.8, 1.5, 1.0])))
+    ours = KeepLargestComponentd("pred", applied_labels=[1, 2])({"pred": pred.clone()})["pred"]
+    monai = KeepLargestConnectedComponentd("pred", applied_labels=[1, 2], independent=False)({"pred": pred.clone()})
+    assert 0 < int((ours != pred).sum()) and torch.equal(ours.as_tensor(), monai["pred"].as_tensor())
+    assert isinstance(ours, MetaTensor) and ours.dtype == pred.dtype
+    boxed, count = label_components(labels > 0)
+    whole, expected = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    assert count == expected > 1 and np.array_equal(boxed, whole)
+    assert label_components(np.zeros((4, 4, 4), bool))[1] == 0
+
+
+def test_outside_the_bounding_box_of_a_mask_is_certain_background():
+    """``BoundingBoxd`` fills a mask's box; ``BackgroundOutsided`` makes the probabilities outside it background."""
+    mask = torch.zeros(1, 10, 12, 4, dtype=torch.bool)
+    mask[0, 2, 3, 1] = mask[0, 6, 8, 2] = True
+    box = BoundingBoxd("head")({"head": MetaTensor(mask, affine=torch.eye(4))})["head"]
+    assert isinstance(box, MetaTensor) and int(box.sum()) == 5 * 6 * 2 and bool(box[0, 2:7, 3:9, 1:3].all())
+    empty = BoundingBoxd("head")({"head": torch.zeros_like(mask)})["head"]
+    assert not empty.any()
+    probabilities = torch.full((3, 10, 12, 4), 1.0 / 3)
+    out = BackgroundOutsided("pred", mask_key="head")({"pred": probabilities, "head": box})["pred"]
+    assert torch.equal(out[:, ~box[0]].T, torch.tensor([1.0, 0.0, 0.0]).expand(int((~box).sum()), 3))
+    assert torch.equal(out[:, box[0]], probabilities[:, box[0]])
 
 
 def test_only_the_newest_epoch_checkpoints_are_kept(tmp_path):

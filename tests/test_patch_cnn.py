@@ -113,6 +113,20 @@ def test_dense_score_depends_only_on_the_patch_around_the_pixel():
     assert grad[0].sum() > 0 and grad[-1].sum() > 0 and grad[:, 0].sum() > 0 and grad[:, -1].sum() > 0
 
 
+def test_cropping_to_a_box_plus_half_the_patch_keeps_the_scores_inside_the_box():
+    """What the brain bundle's inference relies on when it crops each volume to the head's box plus 16 pixels."""
+    torch.manual_seed(1)
+    net = randomised(PatchCNN(3, 4)).eval()
+    x = torch.randn(1, 3, 90, 80)
+    top, bottom, left, right = 30, 60, 25, 50  # the box; the crop adds 16 = patch_size // 2 on each side
+    with torch.no_grad():
+        whole = net.forward_dense(x)[..., top:bottom, left:right]
+        cropped = net.forward_dense(x[..., top - 16 : bottom + 16, left - 16 : right + 16])[..., 16:-16, 16:-16]
+        narrower = net.forward_dense(x[..., top - 8 : bottom + 8, left - 8 : right + 8])[..., 8:-8, 8:-8]
+    torch.testing.assert_close(cropped, whole, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(narrower, whole, atol=1e-3)  # a smaller margin would change the border pixels
+
+
 def test_dense_equals_patch_by_patch_everywhere():
     torch.manual_seed(0)
     net = randomised(PatchCNN(4, 4))

@@ -19,7 +19,7 @@ from skimage.measure import regionprops
 
 from common.metrics.binary import to_numpy_bool
 
-__all__ = ["axial_axis", "label_components", "lesion_table", "match_lesions"]
+__all__ = ["axial_axis", "label_components", "lesion_table", "mask_box", "match_lesions"]
 
 
 def _affine(affine: Any, ndim: int) -> np.ndarray:
@@ -37,23 +37,45 @@ def _squeeze_channel(mask: np.ndarray) -> np.ndarray:
     return mask[0] if mask.ndim == 4 and mask.shape[0] == 1 else mask
 
 
+def mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel of ``mask``; None when none is."""
+    box = []
+    for axis in range(mask.ndim):
+        found = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if found.size == 0:
+            return None
+        box.append(slice(int(found[0]), int(found[-1]) + 1))
+    return tuple(box)
+
+
 def label_components(mask: Any, connectivity: int | None = None) -> tuple[np.ndarray, int]:
-    """Connected components of a binary mask: (labels 1..n, n). Full connectivity by default (26 in 3D, 8 in 2D)."""
+    """Connected components of a binary mask: (labels 1..n, n). Full connectivity by default (26 in 3D, 8 in 2D).
+
+    Labelled inside the mask's bounding box only: a liver or a few nodules in a whole-body CT are a small part of
+    the volume, and the zeros around them cost nothing to allocate."""
     binary = _squeeze_channel(to_numpy_bool(mask))
+    labels = np.zeros(binary.shape, dtype=np.int32)
+    box = mask_box(binary)
+    if box is None:
+        return labels, 0
     structure = ndimage.generate_binary_structure(binary.ndim, connectivity or binary.ndim)
-    labels, count = ndimage.label(binary, structure=structure)
+    labels[box], count = ndimage.label(binary[box], structure=structure)
     return labels, int(count)
 
 
 def remove_small_components(mask: Any, affine: Any, min_volume_mm3: float) -> np.ndarray:
     """The binary mask without its connected components (full connectivity) smaller than ``min_volume_mm3``."""
-    labels, count = label_components(mask)
-    if not count or min_volume_mm3 <= 0:
-        return labels > 0
+    binary = _squeeze_channel(to_numpy_bool(mask))
+    box = mask_box(binary)
+    if box is None or min_volume_mm3 <= 0:
+        return binary.copy()
+    labels, count = label_components(binary[box])
     voxel_mm3 = abs(float(np.linalg.det(_affine(affine, 3)[:3, :3])))
     keep = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3 >= min_volume_mm3
     keep[0] = False
-    return keep[labels]
+    kept = np.zeros(binary.shape, dtype=bool)
+    kept[box] = keep[labels]
+    return kept
 
 
 def axial_axis(affine: Any) -> int:
@@ -106,20 +128,25 @@ def lesion_table(
     lesion one voxel wide measures 0 along that direction, as a caliper on voxel centres would), and, when given,
     ``mean_intensity`` of ``image`` and ``mean_probability`` / ``max_probability`` of ``prob`` inside the lesion.
     """
-    labels, _ = label_components(mask, connectivity)
+    binary = _squeeze_channel(to_numpy_bool(mask))
+    box = mask_box(binary)  # measured inside the lesions' bounding box: a whole CT's float copies cost gigabytes
+    if box is None:
+        return []
+    offset = np.array([s.start for s in box])
+    labels, _ = label_components(binary[box], connectivity)
     matrix = _affine(affine, labels.ndim)
     voxel_mm3 = abs(float(np.linalg.det(matrix[:3, :3])))
     axis = axial_axis(matrix)
     # image and prob as the channels of one intensity image, so regionprops gives their per-lesion mean and max
-    channels = [_squeeze_channel(np.asarray(x, dtype=np.float64)) for x in (image, prob) if x is not None]
+    channels = [_squeeze_channel(np.asarray(x))[box].astype(np.float64) for x in (image, prob) if x is not None]
     intensity = np.stack(channels, axis=-1) if channels else None
     rows = []
     for region in regionprops(labels, intensity_image=intensity):
-        voxels = region.coords
+        voxels = region.coords + offset
         volume = len(voxels) * voxel_mm3
         if volume < min_volume_mm3:
             continue
-        centroid = matrix[:3, :3] @ np.asarray(region.centroid) + matrix[:3, 3]
+        centroid = matrix[:3, :3] @ (np.asarray(region.centroid) + offset) + matrix[:3, 3]
         row: dict[str, Any] = {
             "voxels": len(voxels),
             "volume_mm3": volume,

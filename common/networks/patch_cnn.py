@@ -182,11 +182,15 @@ class PatchCNN(nn.Module):
         return self._scores(x, False).flatten(1)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-pixel logits ``(B, out_channels, H, W)`` of images ``(B, C, H, W)`` of any size, in one pass."""
+        """Per-pixel logits ``(B, out_channels, H, W)`` of images ``(B, C, H, W)`` of any size, in one pass.
+
+        Runs channels-last: the dilated fully connected layer, most of the cost, is about twice as fast so on the
+        CPU (oneDNN); the result is the same up to float rounding and is returned contiguous."""
         if x.dim() != 4:
             raise ValueError(f"dense mode expects (B, C, H, W), got {list(x.shape)}.")
         p = self.patch_size // 2
-        return self._scores(F.pad(x, [p, p, p, p], mode=self.pad_mode), True)
+        padded = F.pad(x, [p, p, p, p], mode=self.pad_mode).contiguous(memory_format=torch.channels_last)
+        return self._scores(padded, True).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense:

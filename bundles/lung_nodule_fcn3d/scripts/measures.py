@@ -71,8 +71,8 @@ def case_measurements(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _labels_float(x: Any, channel: int = 0) -> np.ndarray:
-    """One channel of a channel-first tensor as a float array."""
-    values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    """One channel of a channel-first tensor as an array, not copied (``lesion_table`` converts the lesions' box)."""
+    values = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
     return values[channel] if values.ndim == 4 else values
 
 
