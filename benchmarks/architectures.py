@@ -72,6 +72,7 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.transforms import Compose
+from options import as_tuple
 
 import synthetic
 from common.networks import PatchCNN
@@ -736,15 +737,6 @@ def write_outputs(output_dir: Path, bench: Benchmark, tasks: dict[str, TaskData]
 # ----------------------------------------------------------------------------------------------------- main
 
 
-def _as_tuple(value: Any, kind: type) -> tuple:
-    """A command-line value (a tuple, a list, a single value or a comma-separated string) as a tuple of ``kind``."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return tuple(kind(v.strip() if isinstance(v, str) else v) for v in value)
-
-
 def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     """Settings from the defaults, the quick preset and the command-line overrides, checked."""
     names = {f.name for f in dataclasses.fields(Settings)}
@@ -752,8 +744,8 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown settings {unknown}; valid: {sorted(names)}")
     s = Settings(**{**(QUICK if quick else {}), **overrides})
-    s.tasks, s.architectures = _as_tuple(s.tasks, str), _as_tuple(s.architectures, str)
-    s.label_counts = _as_tuple(s.label_counts, int)
+    s.tasks, s.architectures = as_tuple(s.tasks, str), as_tuple(s.architectures, str)
+    s.label_counts = as_tuple(s.label_counts, int)
     for values, valid, what in ((s.tasks, TASK_DATA, "task"), (s.architectures, NETWORK_CONFIGS, "architecture")):
         for v in values:
             if v not in valid:

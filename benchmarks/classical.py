@@ -56,7 +56,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see architectures.py: spi
 import classical_methods as cm
 import fire
 import numpy as np
-import yaml
+from options import as_mapping, as_tuple
 from PIL import Image, ImageDraw, ImageFont
 
 import synthetic
@@ -144,13 +144,6 @@ QUICK = {
 }
 
 
-def _as_tuple(value: Any) -> tuple[str, ...]:
-    """A tuple of names from a comma-separated string or a sequence."""
-    if isinstance(value, str):
-        value = value.split(",")
-    return tuple(str(v).strip() for v in value if str(v).strip())
-
-
 def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     """Settings from the defaults, the quick preset and the command-line overrides (dicts merge per task), checked."""
     names = {f.name for f in dataclasses.fields(Settings)}
@@ -165,17 +158,14 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     for key, value in overrides.items():  # dicts of the command line merge per task
         current = getattr(s, key)
         if isinstance(current, dict) and isinstance(value, str):
-            # fire leaves "{lung: /data/lung}" (a path, not a Python literal) as a string: read it as YAML
-            value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError(f"--{key} must map tasks to values, e.g. \"{{lung: /data/lung}}\", got {value!r}")
+            value = as_mapping(value, key)
         if isinstance(current, dict) and isinstance(value, dict):
             merged = dict(current)
             for task, v in value.items():
                 merged[task] = {**merged[task], **v} if isinstance(merged.get(task), dict) and isinstance(v, dict) else v
             value = merged
         setattr(s, key, value)
-    s.tasks = _as_tuple(s.tasks)
+    s.tasks = as_tuple(s.tasks)
     bad = [t for t in s.tasks if t not in TASK_BUNDLES]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; choose from {list(TASK_BUNDLES)}")

@@ -58,9 +58,9 @@ import classical_methods as cm
 import fire
 import nnunet_budget as nb
 import numpy as np
-import yaml
 from bundle_training import train_for
 from charts import draw_charts
+from options import as_mapping, as_tuple
 
 import synthetic
 from common.profile import BundleProfile, bundle_names, describe
@@ -97,11 +97,6 @@ QUICK = {"bundles": ("retinal_vessel_unet",), "budget_s": 8.0, "nnunet_iteration
          "nnunet_val_iterations": 2, "quick": True}  # fmt: skip
 
 
-def _as_mapping(value: Any) -> dict:
-    """A dict option given as a dict or as YAML text on the command line (``"{retinal: /data}"``)."""
-    return dict(yaml.safe_load(value) if isinstance(value, str) else value or {})
-
-
 def make_settings(quick: bool = False, **options: Any) -> Settings:
     """Settings from the command line (``--quick`` first sets the quick values)."""
     values = {**(QUICK if quick else {}), **options}
@@ -110,10 +105,10 @@ def make_settings(quick: bool = False, **options: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; the options are {sorted(names)}")
     if isinstance(values.get("bundles"), str):
-        values["bundles"] = tuple(b for b in values["bundles"].split(",") if b)
+        values["bundles"] = as_tuple(values["bundles"])
     for name in ("budgets", "dataset_dir", "overrides"):
         if name in values:
-            values[name] = _as_mapping(values[name])
+            values[name] = as_mapping(values[name], name)
     return Settings(**values)
 
 

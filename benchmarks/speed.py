@@ -78,6 +78,7 @@ import fire
 import torch
 import torch.nn as nn
 from bundle_training import train_for
+from options import as_tuple
 from PIL import Image, ImageDraw, ImageFont
 
 import synthetic
@@ -124,15 +125,6 @@ class Settings:
 QUICK = {"infer_cases": 1, "train_cases": 3, "train_epochs": 2, "quick": True}
 
 
-def _as_tuple(value: Any, kind: type) -> tuple:
-    """A tuple from a tuple, list or comma-separated string (fire passes ``a,b`` as a tuple or a string)."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return tuple(kind(v.strip() if isinstance(v, str) else v) for v in value)
-
-
 @functools.cache
 def profile(bundle: str) -> BundleProfile:
     """The profile of a bundle (``tooling.json`` and ``metadata.json``), read once per process."""
@@ -176,7 +168,7 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown settings {unknown}; valid: {sorted(names)}")
     s = Settings(**{**(QUICK if quick else {}), **overrides})
-    s.bundles = tuple(bundle_name(b) for b in _as_tuple(s.bundles, str))
+    s.bundles = tuple(bundle_name(b) for b in as_tuple(s.bundles, str))
     given = {bundle_name(b): dict(values) for b, values in s.overrides.items()}
     s.overrides = {}
     for b in s.bundles:

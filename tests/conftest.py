@@ -86,6 +86,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def quick_benchmark(script: Path, folder: Path, timeout: int = 900) -> Path:
+    """Run a benchmark script's quick mode into ``folder`` as a user starts it (a fresh process, so torch sees the
+    script's thread policy); return the folder."""
+    cmd = [sys.executable, str(script), "--output_dir", str(folder), "--quick"]
+    check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout))
+    return folder
+
+
 def assert_bundle_verifies(bundle: Path, config: str = "train.json", **net_options: object) -> None:
     """The metadata verifies offline against the kept schema, and ``network_def`` of ``config`` passes MONAI's
     ``verify_net_in_out`` (options such as ``n`` or ``any`` choose the test input's size)."""

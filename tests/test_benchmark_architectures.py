@@ -4,8 +4,6 @@ bundle's configs parsed with its own ``scripts`` importable, leaving no ``script
 
 from __future__ import annotations
 
-import csv
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from monai.networks.nets import UNet
 from PIL import Image
 
 from common.networks import FCN, ContextUNet, PatchCNN, ReNet2d
-from conftest import ROOT, check, load_module
+from conftest import ROOT, load_module, quick_benchmark, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "architectures.py"
 TASK_CHANNELS = {"retinal": (3, 2), "cardiac": (1, 4)}
@@ -30,12 +28,6 @@ OUTPUTS = [
     "learning_curves.png",
     "data_efficiency.png",
 ]
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def direct_networks(in_channels: int, out_channels: int) -> dict[str, nn.Module]:
@@ -69,10 +61,7 @@ def direct_networks(in_channels: int, out_channels: int) -> dict[str, nn.Module]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of one quick-mode run, as a user starts it (a fresh process, so torch sees its thread policy)."""
-    out = tmp_path_factory.mktemp("architectures")
-    cmd = [sys.executable, str(SCRIPT), "--output_dir", str(out), "--quick"]
-    check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600))
-    return out
+    return quick_benchmark(SCRIPT, tmp_path_factory.mktemp("architectures"), timeout=600)
 
 
 def test_every_output_is_written(quick_run):
@@ -81,7 +70,7 @@ def test_every_output_is_written(quick_run):
 
 
 def test_results_have_one_row_per_task_and_architecture_with_dice_in_range(quick_run):
-    rows = read_rows(quick_run / "results.csv")
+    rows = read_csv(quick_run / "results.csv")
     assert sorted((r["task"], r["architecture"]) for r in rows) == sorted(
         (t, a) for t in TASK_CHANNELS for a in ARCHITECTURES
     )
@@ -93,19 +82,19 @@ def test_results_have_one_row_per_task_and_architecture_with_dice_in_range(quick
 
 
 def test_parameter_counts_equal_the_networks_built_directly(quick_run):
-    for r in read_rows(quick_run / "results.csv"):
+    for r in read_csv(quick_run / "results.csv"):
         network = direct_networks(*TASK_CHANNELS[r["task"]])[r["architecture"]]
         assert int(r["parameters"]) == sum(p.numel() for p in network.parameters()), (r["task"], r["architecture"])
 
 
 def test_patch_cnn_and_fcn_accept_larger_images_as_they_are(quick_run):
-    accepted = {(r["task"], r["architecture"]): r["large_accepted_as_is"] for r in read_rows(quick_run / "results.csv")}
+    accepted = {(r["task"], r["architecture"]): r["large_accepted_as_is"] for r in read_csv(quick_run / "results.csv")}
     for task in TASK_CHANNELS:
         assert accepted[task, "patch_cnn"] == accepted[task, "fcn"] == "True"
 
 
 def test_data_efficiency_has_every_label_count(quick_run):
-    rows = read_rows(quick_run / "data_efficiency.csv")
+    rows = read_csv(quick_run / "data_efficiency.csv")
     for task in TASK_CHANNELS:
         for arch in ARCHITECTURES:
             counts = sorted(int(r["labelled_images"]) for r in rows if (r["task"], r["architecture"]) == (task, arch))
@@ -114,7 +103,7 @@ def test_data_efficiency_has_every_label_count(quick_run):
 
 
 def test_learning_curves_cover_every_main_run(quick_run):
-    rows = [r for r in read_rows(quick_run / "learning_curves.csv") if r["run"] == "main"]
+    rows = [r for r in read_csv(quick_run / "learning_curves.csv") if r["run"] == "main"]
     assert {(r["task"], r["architecture"]) for r in rows} == {(t, a) for t in TASK_CHANNELS for a in ARCHITECTURES}
     assert all(float(r["train_s"]) > 0 for r in rows)
 

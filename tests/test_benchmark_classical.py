@@ -4,9 +4,7 @@ benchmark's quick run (every output, one row per task x method x class including
 
 from __future__ import annotations
 
-import csv
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from PIL import Image
 
 from common.profile import bundle_names, describe
-from conftest import ROOT, check, load_module
+from conftest import ROOT, load_module, quick_benchmark, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "classical.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -140,16 +138,7 @@ def test_paths_per_task_are_read_from_the_command_line_string():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of one quick-mode run, started as a user starts it."""
-    out = tmp_path_factory.mktemp("classical")
-    cmd = [sys.executable, str(SCRIPT), "--output_dir", str(out), "--quick"]
-    check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600))
-    return out
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return quick_benchmark(SCRIPT, tmp_path_factory.mktemp("classical"), timeout=600)
 
 
 def test_quick_run_writes_every_output(quick_run):
@@ -161,7 +150,7 @@ def test_quick_run_writes_every_output(quick_run):
 
 
 def test_quick_run_has_one_row_per_task_method_and_class(quick_run):
-    rows = read_rows(quick_run / "results.csv")
+    rows = read_csv(quick_run / "results.csv")
     expected = [(t, m, c) for t in bench.TASK_BUNDLES for m in ("network", *cm.METHODS) for c in cm.CLASSES[t]]
     assert sorted((r["task"], r["method"], r["class"]) for r in rows) == sorted(expected)
     for r in rows:
@@ -174,7 +163,7 @@ def test_quick_run_has_one_row_per_task_method_and_class(quick_run):
 
 
 def test_quick_run_scores_the_same_cases_for_network_and_classical_methods(quick_run):
-    rows = read_rows(quick_run / "per_case.csv")
+    rows = read_csv(quick_run / "per_case.csv")
     for task in bench.TASK_BUNDLES:
         cases = {m: {r["case"] for r in rows if r["task"] == task and r["method"] == m} for m in bench.METHODS}
         assert cases["network"] and all(c == cases["network"] for c in cases.values()), (task, cases)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, check, load_module, read_csv
+from conftest import ROOT, load_module, quick_benchmark, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "peers.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -99,10 +98,7 @@ def test_lesions_are_counted_per_component():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     """The benchmark's quick mode: nnU-Net v2 and the retinal bundle trained for seconds each."""
-    out = tmp_path_factory.mktemp("peers")
-    cmd = [sys.executable, str(SCRIPT), "--output_dir", str(out), "--quick"]
-    check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900))
-    return out
+    return quick_benchmark(SCRIPT, tmp_path_factory.mktemp("peers"), timeout=900)
 
 
 @pytest.mark.slow

@@ -5,11 +5,9 @@ recorded network calls match the inferer's windows, positive peak memory; its me
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import synthetic
 from common.profile import bundle_names, describe
-from conftest import ROOT, check, load_module
+from conftest import ROOT, load_module, quick_benchmark, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "speed.py"
 BUNDLES = bundle_names()
@@ -33,30 +31,22 @@ bench = load_module(SCRIPT, "benchmark_speed")
 training = load_module(ROOT / "benchmarks" / "bundle_training.py", "bundle_training")
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output folder of one quick-mode run, started as a user starts it."""
-    out = tmp_path_factory.mktemp("speed")
-    cmd = [sys.executable, str(SCRIPT), "--output_dir", str(out), "--quick"]
-    check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900))
-    return out
+    return quick_benchmark(SCRIPT, tmp_path_factory.mktemp("speed"), timeout=900)
 
 
 def test_every_output_is_written_with_one_row_per_bundle(quick_run):
     for name in OUTPUTS:
         assert (quick_run / name).stat().st_size > 0, name
     for name in ("inference.csv", "training.csv", "memory.csv"):
-        assert sorted(r["bundle"] for r in read_rows(quick_run / name)) == sorted(BUNDLES), name
-    assert {r["bundle"] for r in read_rows(quick_run / "inference_breakdown.csv")} == set(BUNDLES)
+        assert sorted(r["bundle"] for r in read_csv(quick_run / name)) == sorted(BUNDLES), name
+    assert {r["bundle"] for r in read_csv(quick_run / "inference_breakdown.csv")} == set(BUNDLES)
 
 
 def test_inference_ratios_are_finite_and_every_case_is_written(quick_run):
-    for r in read_rows(quick_run / "inference.csv"):
+    for r in read_csv(quick_run / "inference.csv"):
         for key in ("e2e_s", "forward_in_run_s", "bare_forward_s", "ratio"):
             value = float(r[key])
             assert math.isfinite(value) and value > 0, (r["bundle"], key, r[key])
@@ -65,7 +55,7 @@ def test_inference_ratios_are_finite_and_every_case_is_written(quick_run):
 
 
 def test_recorded_network_calls_match_the_inferer_windows(quick_run):
-    for r in read_rows(quick_run / "inference.csv"):
+    for r in read_csv(quick_run / "inference.csv"):
         roi, batch = json.loads(r["roi_size"]), int(r["sw_batch_size"])
         assert int(r["windows"]) >= 1
         for shape in (json.loads(s) for s in r["window_shapes"].split(";")):
@@ -76,13 +66,13 @@ def test_recorded_network_calls_match_the_inferer_windows(quick_run):
 
 
 def test_training_rates_and_memory_are_positive(quick_run):
-    for r in read_rows(quick_run / "training.csv"):
+    for r in read_csv(quick_run / "training.csv"):
         assert r["bundle_dataset"] == "CacheDataset" and r["reference_dataset"] == "Dataset"
         assert int(r["reference_num_workers"]) == 0
         for key in ("bundle_samples_per_s", "reference_samples_per_s", "speedup"):
             assert math.isfinite(float(r[key])) and float(r[key]) > 0, (r["bundle"], key)
         assert int(r["samples_per_epoch"]) > 0
-    for r in read_rows(quick_run / "memory.csv"):
+    for r in read_csv(quick_run / "memory.csv"):
         assert float(r["peak_rss_mib"]) > 0 and int(r["returncode"]) == 0 and int(r["written"]) >= 1, r
 
 
