@@ -388,16 +388,27 @@ class AtomicSaveImaged(MapTransform):
     Args:
         keys: keys of the images to save.
         output_dir: final folder of the files.
+        write_kwargs: arguments of the writer's ``write`` (e.g. ``{"compress_level": 1}`` for PIL's PNG: a 1024 px
+            probability map is written in a quarter of the time of the default level 6, in a larger file).
         kwargs: any other argument of ``monai.transforms.SaveImage`` (``output_postfix``, ``output_ext``, ...).
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str, allow_missing_keys: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        write_kwargs: dict[str, Any] | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.partial_dir = self.output_dir / f".partial-{os.getpid()}"
         kwargs.setdefault("separate_folder", False)
         kwargs.setdefault("print_log", False)
         self.saver = SaveImage(output_dir=str(self.partial_dir), savepath_in_metadict=True, **kwargs)
+        if write_kwargs:
+            self.saver.set_options(write_kwargs=write_kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
