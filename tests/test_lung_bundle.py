@@ -154,7 +154,8 @@ def test_nodules_outside_the_lung_fields_are_removed():
     assert not inside[0].any() and not inside[:, :3].any()  # ... and not the air around the body
     truth = phantom.label == 1
     labels, count = ndimage.label(truth)
-    assert count >= 1 and all(inside[labels == n].any() for n in range(1, count + 1))  # pleural ones included
+    grown = lungs_module.grow(inside, np.asarray(lungs.pixdim)[:3], lungs.meta["margin_mm"])
+    assert count >= 1 and all(grown[labels == n].any() for n in range(1, count + 1))  # pleural ones included
     fake = truth.copy()
     centre = np.array(phantom.image.shape) // 2
     spine = np.argwhere(phantom.image > 150)  # bone: the spine and the ribs, outside the lungs
@@ -171,6 +172,19 @@ def test_nodules_outside_the_lung_fields_are_removed():
     lps = _meta(np.ascontiguousarray(fake[::-1, ::-1]).astype(np.float32), phantom.affine @ flip)
     kept_lps = lungs_module.KeepInsideLungsd("pred")({"pred": lps, "lungs": lungs})["pred"]
     np.testing.assert_array_equal(np.asarray(kept_lps[0])[::-1, ::-1] > 0.5, truth)
+
+
+@pytest.mark.parametrize("margin_mm", [0.0, 3.0, 10.0])
+def test_nodule_check_near_the_fields_equals_the_fields_grown_everywhere(margin_mm):
+    """``near`` looks only at a box around the nodule; the answer is that of the whole grid's grown fields."""
+    rng = np.random.default_rng(3)
+    fields = ndimage.binary_dilation(rng.random((40, 36, 30)) > 0.995, iterations=2)
+    spacing = (0.8, 1.1, 2.5)
+    grown = lungs_module.grow(fields, spacing, margin_mm)
+    for _ in range(60):
+        corner = rng.integers(0, [36, 32, 27])
+        index = corner + rng.integers(0, 4, size=(rng.integers(1, 6), 3))
+        assert lungs_module.near(fields, index, spacing, margin_mm) == bool(grown[tuple(index.T)].any())
 
 
 def test_without_lung_fields_every_nodule_is_kept(caplog):

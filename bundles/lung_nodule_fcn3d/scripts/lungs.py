@@ -48,10 +48,30 @@ def grow(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> np.nda
     return ndimage.distance_transform_edt(~mask, sampling=spacing) <= margin_mm
 
 
+def near(mask: np.ndarray, index: np.ndarray, spacing: Sequence[float], margin_mm: float) -> bool:
+    """Whether a voxel of ``mask`` lies within ``margin_mm`` (Euclidean, voxels of ``spacing``) of any of the voxels
+    at ``index`` (N x 3, inside the grid): ``grow(mask, spacing, margin_mm)`` read there, but computed only in the
+    box of those voxels grown by the margin (a mask voxel any farther cannot be within it)."""
+    if len(index) == 0:
+        return False
+    spacing = np.asarray(spacing, dtype=float)
+    reach = np.ceil(max(margin_mm, 0.0) / spacing).astype(int)
+    low = np.maximum(index.min(axis=0) - reach, 0)
+    high = np.minimum(index.max(axis=0) + reach + 1, mask.shape)
+    fields = mask[tuple(slice(a, b) for a, b in zip(low, high))]
+    local = tuple((index - low).T)
+    if not fields.any():
+        return False
+    if margin_mm <= 0:
+        return bool(fields[local].any())
+    return bool((ndimage.distance_transform_edt(~fields, sampling=spacing)[local] <= margin_mm).any())
+
+
 class LungFieldsd(MapTransform):
-    """Put the lung fields (grown by ``margin_mm``) of the windowed CT under ``image_key`` into ``output_key``, in
-    the image's (working) grid and with its affine: ``KeepInsideLungsd`` looks them up from any other grid through
-    the two affines, so the mask is never resampled to the input's (possibly 512 x 512 x 1000) grid.
+    """Put the lung fields of the windowed CT under ``image_key`` into ``output_key``, in the image's (working) grid
+    and with its affine, ``margin_mm`` in its metadata: ``KeepInsideLungsd`` looks them up from any other grid
+    through the two affines, so the mask is never resampled to the input's (possibly 512 x 512 x 1000) grid, and
+    grows them by the margin only around the nodules it checks.
 
     Args:
         image_key: the preprocessed CT (RAS, ``spacing``, intensities windowed from ``hu_window`` to 0..1).
@@ -80,20 +100,20 @@ class LungFieldsd(MapTransform):
         spacing = np.asarray(image.pixdim, dtype=float)[:3]
         hu = self.low + np.asarray(image[0].detach().cpu(), dtype=np.float32) * (self.high - self.low)
         voxel_ml = float(np.prod(spacing)) / 1000.0
-        lungs = grow(lung_fields(hu, min_voxels=int(np.ceil(self.min_ml / voxel_ml))), spacing, self.margin_mm)
-        d[self.output_key] = MetaTensor(torch.as_tensor(lungs[None]), affine=image.affine.clone())
+        lungs = lung_fields(hu, min_voxels=int(np.ceil(self.min_ml / voxel_ml)))
+        d[self.output_key] = MetaTensor(
+            torch.as_tensor(lungs[None]), affine=image.affine.clone(), meta={"margin_mm": self.margin_mm}
+        )
         return d
 
 
-def lookup(mask: np.ndarray, mask_affine: np.ndarray, voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Values of ``mask`` (with its voxel-to-world ``mask_affine``) at the world positions of ``voxels`` (N x 3
-    indices of a grid with ``affine``), nearest voxel; positions outside the mask read False."""
+def mask_index(mask_affine: np.ndarray, shape: Sequence[int], voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Indices, in a grid of ``shape`` with voxel-to-world ``mask_affine``, of the voxels nearest to the world
+    positions of ``voxels`` (N x 3 indices of a grid with ``affine``); -1 in every axis for those outside it."""
     world = np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=float).T
     index = np.rint((world @ np.linalg.inv(np.asarray(mask_affine, dtype=float)).T)[:, :3]).astype(int)
-    inside = np.all((index >= 0) & (index < np.array(mask.shape)), axis=1)
-    values = np.zeros(len(voxels), bool)
-    values[inside] = mask[tuple(index[inside].T)]
-    return values
+    index[~np.all((index >= 0) & (index < np.array(shape)), axis=1)] = -1
+    return index
 
 
 class KeepInsideLungsd(MapTransform):
@@ -112,6 +132,7 @@ class KeepInsideLungsd(MapTransform):
         d = dict(data)
         lungs = d.pop(self.lungs_key)
         mask, mask_affine = np.asarray(lungs[0].detach().cpu()) > 0.5, np.asarray(lungs.affine, dtype=float)
+        spacing, margin_mm = np.asarray(lungs.pixdim, dtype=float)[:3], float(lungs.meta.get("margin_mm", 0.0))
         for key in self.key_iterator(d):
             pred = d[key]
             if not mask.any():
@@ -119,10 +140,10 @@ class KeepInsideLungsd(MapTransform):
                 continue
             labels, count = label_components(np.asarray(pred[0].detach().cpu()) > 0.5)
             voxels = np.argwhere(labels > 0)
-            touching = lookup(mask, mask_affine, voxels, np.asarray(pred.affine, dtype=float))
-            inside = np.unique(labels[tuple(voxels[touching].T)])
-            outside = np.setdiff1d(np.arange(1, count + 1), inside)
-            if outside.size:
+            index = mask_index(mask_affine, mask.shape, voxels, np.asarray(pred.affine, dtype=float))
+            component = np.where(index[:, 0] >= 0, labels[tuple(voxels.T)], 0)
+            outside = [n for n in range(1, count + 1) if not near(mask, index[component == n], spacing, margin_mm)]
+            if outside:
                 d[key] = pred.clone()
                 d[key][0][torch.as_tensor(np.isin(labels, outside))] = 0
         return d
