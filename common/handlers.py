@@ -16,13 +16,36 @@ from common.tables import case_stem, summarize, write_csv_atomic, write_json_ato
 
 logger = logging.getLogger(__name__)
 
+#: attribute of ``engine.state`` where each ``CaseTableWriter`` leaves its gathered rows, by table name
+TABLES_ATTRIBUTE = "case_tables"
 
-def _source_of(item: dict[str, Any], key: str) -> str:
+
+def source_of(item: dict[str, Any], key: str = "image") -> str:
     """The file an output item was read from."""
     value = item.get(key)
     meta = getattr(value, "meta", None) or item.get(f"{key}_meta_dict") or {}
     name = meta.get("filename_or_obj", "")
     return str(name[0] if isinstance(name, (list, tuple)) else name)
+
+
+def case_items(engine: Engine, failed_key: str = "case_failed") -> list[dict[str, Any]]:
+    """The cases of an engine's last iteration, each its batch and output items merged (post-processing leaves
+    unchanged inputs, e.g. a mask, in the batch), without those that failed in post-processing."""
+    outputs, batches = engine.state.output, engine.state.batch
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    batches = batches if isinstance(batches, list) and len(batches) == len(outputs) else [{}] * len(outputs)
+    items = [{**batch_item, **output_item} for batch_item, output_item in zip(batches, outputs)]
+    return [item for item in items if not item.get(failed_key)]
+
+
+def published_rows(engine: Engine, name: str) -> list[dict[str, Any]]:
+    """The rows of every process that the ``CaseTableWriter`` named ``name`` gathered at the end of the run (for a
+    handler attached after it, such as the review page)."""
+    tables = getattr(engine.state, TABLES_ATTRIBUTE, None) or {}
+    if name not in tables:
+        raise RuntimeError(f"no table {name!r} at the end of the run: attach this handler after the CaseTableWriter "
+                           f"named {name!r} (tables: {sorted(tables)})")  # fmt: skip
+    return tables[name]
 
 
 class CaseTableWriter:
@@ -33,7 +56,8 @@ class CaseTableWriter:
     ``output_dir/<name>_summary.json``. With ``per_case_json=True`` each row is also written, as it is computed,
     to ``output_dir/<case>_<name>.json``. The summary means are put in ``engine.state.metrics`` as
     ``<name>/<column>`` so ``StatsHandler`` and TensorBoard show them. Under ``torchrun`` every process collects
-    its own cases and the first writes the tables of all of them, in file order.
+    its own cases and the first writes the tables of all of them, in file order. Every process leaves the gathered
+    rows in ``engine.state.case_tables[name]`` for the handlers after it (``published_rows``).
 
     Args:
         row_fn: maps one post-processed item (a dict of tensors) to a dict of values.
@@ -46,6 +70,9 @@ class CaseTableWriter:
         report_path: with it (inference over a folder), a case whose ``row_fn`` fails fails alone: its outputs are
             removed and it is listed there (``common.screening.fail_case``); without it, the error stops the run.
         failed_key: key of a case that already failed in post-processing (``GuardedCompose``): it gets no row.
+        sections: further sections of ``<name>_summary.json`` made from all rows at the end of the run,
+            ``{section: fn(rows) -> dict}`` (e.g. ``review``: how well the review flags find the bad cases); their
+            numeric values are put in ``engine.state.metrics`` as ``<name>/<section>/<key>``.
     """
 
     def __init__(
@@ -58,6 +85,7 @@ class CaseTableWriter:
         derived: Mapping[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] | None = None,
         report_path: str | None = None,
         failed_key: str = "case_failed",
+        sections: Mapping[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] | None = None,
     ) -> None:
         self.row_fn = row_fn
         self.output_dir = Path(output_dir)
@@ -67,6 +95,7 @@ class CaseTableWriter:
         self.derived = dict(derived or {})
         self.report_path = report_path
         self.failed_key = failed_key
+        self.sections = dict(sections or {})
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -79,14 +108,8 @@ class CaseTableWriter:
         self.rows = []
 
     def _collect(self, engine: Engine) -> None:
-        outputs, batches = engine.state.output, engine.state.batch
-        outputs = outputs if isinstance(outputs, list) else [outputs]
-        batches = batches if isinstance(batches, list) and len(batches) == len(outputs) else [{}] * len(outputs)
-        for batch_item, output_item in zip(batches, outputs):
-            item = {**batch_item, **output_item}  # post-processing leaves unchanged inputs (e.g. a mask) in the batch
-            if item.get(self.failed_key):
-                continue
-            source = _source_of(item, self.source_key)
+        for item in case_items(engine, self.failed_key):
+            source = source_of(item, self.source_key)
             try:
                 row = {"case": case_stem(source), "file": source, **self.row_fn(item)}
             except Exception as e:
@@ -102,15 +125,24 @@ class CaseTableWriter:
         rows = [row for part in gather(self.rows) for row in part]  # every process's cases under torchrun
         if len(rows) != len(self.rows):
             self.rows = sorted(rows, key=lambda row: str(row["file"]))
+        if getattr(engine.state, TABLES_ATTRIBUTE, None) is None:
+            setattr(engine.state, TABLES_ATTRIBUTE, {})
+        getattr(engine.state, TABLES_ATTRIBUTE)[self.name] = self.rows  # for handlers after this one (the report)
         if not self.rows or not is_main():
             return
         tables = {self.name: self.rows, **{name: fn(self.rows) for name, fn in self.derived.items()}}
+        sections = {section: dict(fn(self.rows)) for section, fn in self.sections.items()}
         for name, rows in tables.items():
             summary = summarize(rows)
+            extra = sections if name == self.name else {}
             write_csv_atomic(self.output_dir / f"{name}.csv", rows)
-            write_json_atomic(self.output_dir / f"{name}_summary.json", {"cases": len(rows), **summary})
+            write_json_atomic(self.output_dir / f"{name}_summary.json", {"cases": len(rows), **summary, **extra})
             for column, stats in summary.items():
                 engine.state.metrics[f"{name}/{column}"] = stats["mean"]
+            for section, values in extra.items():
+                numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                engine.state.metrics.update({f"{name}/{section}/{key}": value for key, value in numbers.items()})
+                logger.info("%s %s: %s", name, section, ", ".join(f"{k} {v:.4g}" for k, v in numbers.items()))
             logger.info("wrote %d rows to %s", len(rows), self.output_dir / f"{name}.csv")
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.review import review_flag, review_summary, rules_of
 from conftest import (
     BUNDLE_NAMES,
     ROOT,
@@ -88,6 +89,32 @@ def test_evaluation_writes_per_case_and_summary_metrics(run):
     for key in run.profile.dice_keys.values():
         assert key in rows[0] and key in summary, key
         assert all(row[key] == "" or 0.0 <= float(row[key]) <= 1.0 or row[key] == "nan" for row in rows), key
+    # every case flagged as inference flags it (the rules of its inference.json), and how well the flags find the
+    # cases of low Dice (common.review.review_summary)
+    rules = rules_of(run.profile.root)
+    for row in rows:
+        values = {k: _value(v) for k, v in row.items()}
+        assert {"mean_entropy", "mean_margin", "review", "review_reasons"} <= set(row)
+        flag = {"review": row["review"] == "True", "review_reasons": row["review_reasons"]}
+        assert review_flag(values, rules) == flag, row["case"]
+    review = summary["review"]
+    assert review["cases"] == len(rows) and review["flagged"] == sum(row["review"] == "True" for row in rows)
+    assert review["dice_columns"] == list(run.profile.dice_keys.values())
+    assert review["worst_cases"] >= 1 and 0.0 <= review["worst_flagged"] <= 1.0
+    expected = review_summary(rows)
+    assert review.pop("dice_columns") == expected.pop("dice_columns")
+    expected = {k: None if np.isnan(v) else v for k, v in expected.items()}  # NaN is null in JSON
+    assert review == pytest.approx(expected), "not the summary of the table's rows"
+
+
+def _value(text: str) -> object:
+    """A metrics.csv cell as the row held it: a number, None for an empty cell, else the text."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def test_inference_writes_every_output_in_the_input_grid(run):
@@ -108,6 +135,8 @@ def test_inference_writes_every_output_in_the_input_grid(run):
     # every case has its measurements, once; the overlays of the demo were drawn
     measurements = [p for p in inference.glob("*.csv") if len(read_csv(p)) == len(test_cases)]
     assert measurements, "no per-case measurements table with one row per case"
+    assert any("review" in read_csv(p)[0] for p in measurements)  # the review columns (common.review)
+    assert (inference / "report.html").is_file(), "no review page"
     assert len(list(run.out.glob("overlay_*.png"))) == min(3, len(test_cases))
     assert "held-out cases" in run.log
 

@@ -322,6 +322,7 @@ def test_isolated_environment_runs_the_exported_archive(exported, tmp_path):
         seg = np.asarray(Image.open(tmp_path / "out" / f"{stem}_seg.png"))
         assert seg.shape == (height, width) and set(np.unique(seg)) <= {0, 255}
     assert json.loads((tmp_path / "out" / "failed_cases.json").read_text()) == []
+    assert (tmp_path / "out" / "report.html").is_file()  # the review page's modules were vendored too
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -16,7 +16,15 @@ import synthetic
 from common.data import list_images
 from common.dicom import write_dicom_series
 from common.profile import describe
-from conftest import BUNDLE_NAMES, config_list, generator_options, monai_bundle, quick_overrides, run_inference
+from conftest import (
+    BUNDLE_NAMES,
+    config_list,
+    generator_options,
+    monai_bundle,
+    quick_overrides,
+    read_csv,
+    run_inference,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected deprecated name 'optional_packages_version'")
 
@@ -105,6 +113,12 @@ def test_each_bad_case_in_a_folder_fails_alone(name, untrained, sample_case, tmp
     assert not [n for n in written if n.startswith(("twin", "gap", "tiny", "."))], written  # none of theirs
     assert not any((outputs / output_name(name, "blocked", ext)).iterdir())
     assert not [n for n in written if n.startswith("blocked") and n != output_name(name, "blocked", ext)], written
+    # the review page: the good case with its picture, the failed ones listed; the table has the review columns
+    page = (outputs / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and twins[0].name in page and "blocked" in page
+    tables = [read_csv(p) for p in outputs.glob("*.csv")]
+    good = [row for rows in tables for row in rows if row.get("case") == "good" and "review" in row]
+    assert len(good) == 1 and good[0]["review"] in ("True", "False") and "mean_entropy" in good[0], tables
 
 
 def write_dataset(folder: Path, name: str, entries: list[dict]) -> Path:

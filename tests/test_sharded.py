@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ from conftest import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Detected deprecated name")]
+
+#: a case's or a failed case's row of the review page: its class (flag) and first cell
+CASE_ROW = re.compile(r'<tr class="(flagged|ok|failed)"><td[^>]*>([^<]*)</td>')
 
 
 def torchrun(port: int, *configs: str, bundle: Path, **args: object) -> subprocess.CompletedProcess:
@@ -79,6 +83,12 @@ def assert_same_outputs(single: Path, sharded: Path) -> None:
         if name.endswith((".png", ".nii.gz")):
             differ = pixels(single / name).astype(float) - pixels(sharded / name)
             assert (np.abs(differ) > 1).mean() <= 1e-4, name  # a probability's last 8-bit step
+        elif name.endswith(".html"):  # the review page: the same cases in the same order, each with its picture
+            expected, got = (re.findall(CASE_ROW, (folder / name).read_text()) for folder in (single, sharded))
+            assert got == expected and expected, name
+            assert (sharded / name).read_text().count("data:image/png") == (single / name).read_text().count(
+                "data:image/png"
+            )
         elif name.endswith((".csv", ".json")):
             suffix = Path(name).suffix
             expected, got = values((single / name).read_text(), suffix), values((sharded / name).read_text(), suffix)
