@@ -16,6 +16,7 @@ from common.networks import FCN, ContextUNet, PatchCNN, ReNet2d
 from conftest import ROOT, load_module, quick_benchmark, read_csv
 
 SCRIPT = ROOT / "benchmarks" / "architectures.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark imports its siblings (charts, options)
 TASK_CHANNELS = {"retinal": (3, 2), "cardiac": (1, 4)}
 #: the bundle's own modules among a task's preprocessing transforms (the retinal field-of-view transform)
 OWN_SCRIPTS = {"retinal": ("scripts.fov",)}
@@ -45,15 +46,16 @@ def direct_networks(in_channels: int, out_channels: int) -> dict[str, nn.Module]
         "spatial_dims": 2,
         "in_channels": in_channels,
         "out_channels": out_channels,
-        "features": [32, 64, 128, 256],
+        "features": [16, 32, 64, 128],
         "norm": "batch",
         "dropout": 0.1,
+        "full_resolution_scores": True,
     }
     return {
         "patch_cnn": PatchCNN(in_channels, out_channels, patch_size=33),
         "fcn": FCN(**fcn),
         "unet": UNet(**unet),
-        "fcn_rnn": FCN(**fcn, context=ReNet2d(256, 64)),
+        "fcn_rnn": FCN(**fcn, context=ReNet2d(128, 64)),
         "unet_rnn": ContextUNet(**unet, context=ReNet2d(128, 64)),
     }
 
