@@ -20,7 +20,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from PIL import Image
+from scipy import ndimage
 
+from common.metrics.lesions import mask_box
 from common.transforms import source_name
 
 logger = logging.getLogger(__name__)
@@ -51,21 +53,11 @@ def _spatial_affine(x: Any, dims: int) -> np.ndarray:
 
 def _centre(label: torch.Tensor) -> np.ndarray:
     """Voxel coordinates of the centre of mass of ``label > 0`` (spatial), or of the grid when there is none."""
-    found = label > 0
-    box = []  # the bounding box first (cheap reductions), the centre of mass inside it
-    for axis in range(found.ndim):
-        present = torch.nonzero(found.any(dim=tuple(a for a in range(found.ndim) if a != axis))).flatten().cpu()
-        if present.numel() == 0:
-            return np.array([s // 2 for s in label.shape])
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    inside = found[tuple(box)]
-    total = float(torch.count_nonzero(inside))
-    centre = []
-    for axis, part in enumerate(box):
-        counts = torch.count_nonzero(inside, dim=tuple(a for a in range(found.ndim) if a != axis)).double().cpu()
-        position = torch.arange(part.start, part.stop, dtype=torch.float64)
-        centre.append(int(round(float((counts * position).sum()) / total)))
-    return np.array(centre)
+    found = np.asarray(label.detach().cpu()) > 0
+    box = mask_box(found)  # the centre of mass inside the bounding box: a small structure in a large grid is cheap
+    if box is None:
+        return np.array([s // 2 for s in found.shape])
+    return np.rint(np.asarray(ndimage.center_of_mass(found[box])) + [part.start for part in box]).astype(int)
 
 
 def plane_indices(shape: Sequence[int], affine: np.ndarray, centre: Sequence[int]) -> list[tuple[np.ndarray, tuple]]:
