@@ -86,10 +86,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def quick_benchmark(script: Path, folder: Path, timeout: int = 900) -> Path:
+def quick_benchmark(script: Path, folder: Path, timeout: int = 900, *args: str) -> Path:
     """Run a benchmark script's quick mode into ``folder`` as a user starts it (a fresh process, so torch sees the
-    script's thread policy); return the folder."""
-    cmd = [sys.executable, str(script), "--output_dir", str(folder), "--quick"]
+    script's thread policy), with any further command-line ``args``; return the folder."""
+    cmd = [sys.executable, str(script), "--output_dir", str(folder), "--quick", *args]
     check(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout))
     return folder
 
