@@ -4,6 +4,9 @@ cases were deliberately degraded, counting the flagged cases among the degraded 
 For every bundle (``--bundles``; default all), with its trained weights from ``--ckpt_dir``
 (``<bundle>/models/model.pt``; freshly initialised weights where there are none, which flag about everything):
 
+0. the flags compare each case with the training data's statistics (``common.training_statistics``): those training
+   wrote beside the weights, or, for weights without them, statistics written by the bundle's ``statistics`` entry
+   from the demo's training set (same generator, options and seed);
 1. its task's generator writes ``--num_cases`` labelled test cases (the bundle's demo options; and one training
    case, unused, since a data set must list one);
 2. the first ``--num_degraded`` of them are also written degraded, each in one of three ways, in turn:
@@ -27,7 +30,8 @@ Command line::
 
 ``--quick`` (the test suite's): the retinal bundle on three small photographs and their three degraded copies.
 
-Writes ``results.csv`` (a row per bundle), ``per_case.csv`` and ``results.md`` into ``output_dir``.
+Writes ``results.csv`` (a row per bundle, with where its statistics came from), ``per_case.csv`` and ``results.md``
+into ``output_dir``.
 """
 
 from __future__ import annotations
@@ -187,6 +191,30 @@ def checkpoint(bundle: str, ckpt_dir: str | None, work: Path, seed: int) -> tupl
     return work / "untrained_model.pt", "untrained"
 
 
+def with_statistics(bundle: str, ckpt: Path, work: Path, quick: bool = False) -> tuple[Path, str]:
+    """Weights with the training statistics the review flags compare each case with: ``ckpt`` itself where training
+    wrote them beside it; otherwise a copy of ``ckpt`` in ``work`` with statistics written by the bundle's
+    ``statistics`` entry from the training set of its demo (the same generator, options and seed: the data the demo
+    trains on). Returns the weights and where their statistics came from."""
+    if (ckpt.parent / "training_statistics.json").is_file():
+        return ckpt, "recorded in training"
+    profile = describe(bundle)
+    data = dict((profile.quick if quick else profile.demo)["data"])
+    counts = {"num_train": data.pop("num_train"), "num_test": data.pop("num_test", 1)}
+    train_data = work / "train_data"
+    synthetic.write_dataset(profile.task, train_data, counts["num_train"], counts["num_test"], **data)
+    copy = work / "weights" / "model.pt"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(ckpt.read_bytes())
+    root = ROOT / "bundles" / bundle
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "statistics", "--config_file", str(root / "configs" / "train.json"),
+           "--bundle_root", str(root), "--dataset_dir", str(train_data), "--ckpt_path", str(copy)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{bundle}: training statistics failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return copy, "from the demo's training set"
+
+
 def evaluate(bundle: str, data: Path, ckpt: Path, out: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Run ``evaluate.json``; returns the rows of ``metrics.csv`` and the ``review`` section of the summary."""
     root = ROOT / "bundles" / bundle
@@ -280,10 +308,12 @@ def main(
     for bundle in names:
         start = time.perf_counter()
         ckpt, weights = checkpoint(bundle, ckpt_dir, out / bundle, seed)
+        ckpt, statistics = with_statistics(bundle, ckpt, out / bundle, quick)
         data = out / bundle / "data"
         kinds = write_test_set(bundle, data, num_cases, num_degraded, seed, quick)
         rows, review = evaluate(bundle, data, ckpt, out / bundle / "eval")
-        results.append({**summarize_bundle(bundle, rows, kinds, review, bad_ratio), "weights": weights})
+        results.append({**summarize_bundle(bundle, rows, kinds, review, bad_ratio), "weights": weights,
+                        "statistics": statistics})  # fmt: skip
         for row in rows:
             per_case.append({"bundle": bundle, "case": row["case"], "kind": kinds.get(row["case"], "clean"),
                              "dice": round(case_dice(row), 4), "review": row.get("review"),

@@ -32,6 +32,7 @@ from common.bundle_archive import (
     write_large_files,
 )
 from common.packages import OWN_FIELDS, PACKAGES_KEY, declared_distributions, installed_versions, needed_distributions
+from common.training_statistics import FILENAME as STATISTICS_FILE
 from common.verify import NETWORK_CONFIG, build_network, bundle_on_path, example_input_shape, load_weights
 
 #: the shared package; the modules of it that a bundle needs are copied into its export so ``import common``
@@ -306,6 +307,12 @@ def _build(
         raise ValueError(f"{ckpt}: the weights do not fit network_def of {bundle / NETWORK_CONFIG}: {e}") from e
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
+    statistics = ckpt.parent / STATISTICS_FILE  # what the review flags compare new cases with
+    if statistics.is_file():
+        shutil.copy2(statistics, root / "models" / STATISTICS_FILE)
+    else:
+        print(f"{statistics}: not there (weights trained before training recorded it): the exported bundle's review "
+              f"flags use the documented ranges and give no input warnings")  # fmt: skip
 
     meta_file = root / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())

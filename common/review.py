@@ -26,9 +26,16 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.training_statistics import TrainingStatistics, input_statistics
+
 #: the columns this module adds to a measurements row, in order
 SIGNALS = ("mean_entropy", "mean_margin", "foreground_fraction")
+#: signals of optional checks, added where they ran
+OPTIONAL_SIGNALS = ("flip_disagreement",)
 REVIEW_COLUMNS = (*SIGNALS, "review", "review_reasons")
+#: the numeric settings of ``review_rules``
+_NUMBERS = ("max_entropy", "min_margin", "max_flip_disagreement", "training_range_factor", "spacing_factor",
+            "intensity_tolerance")
 #: column-name endings and how a reason names the column and its unit (``liver_ml`` -> ``liver volume ... mL``)
 _UNITS = {"_ml": (" volume", " mL"), "_mm3": (" volume", " mm3"), "_percent": ("", " %"), "_mm": ("", " mm")}
 
@@ -99,21 +106,31 @@ class ReviewRules:
         max_entropy: flag a mean normalised entropy inside the structures above this.
         min_margin: flag a mean top-1 minus top-2 margin inside the structures below this.
         flag_empty: flag a case where the network found no foreground at all (``nothing found``).
+        max_flip_disagreement: flag a case whose flipped-input prediction disagrees on more than this share of the
+            structures (``common.flip_check``; only where that optional check ran).
+        training_range_factor: with training statistics (``common.training_statistics``), the range of a column
+            of ``ranges`` is widened to take in the training labels' range, itself widened by this factor.
+        spacing_factor, intensity_tolerance: how far an input's spacing and normalised intensities may lie
+            outside the training images' before they are a reason (``TrainingStatistics.input_reasons``).
     """
 
     ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     max_entropy: float | None = None
     min_margin: float | None = None
     flag_empty: bool = False
+    max_flip_disagreement: float | None = None
+    training_range_factor: float = 1.5
+    spacing_factor: float = 2.0
+    intensity_tolerance: float = 0.5
 
     @classmethod
     def from_config(cls, rules: Mapping[str, Any] | None) -> ReviewRules:
         """Rules from a config mapping; a ``ValueError`` names an unknown key or a malformed range."""
         rules = {k: v for k, v in dict(rules or {}).items() if k != "_desc_"}  # _desc_: prose for the reader
-        unknown = set(rules) - {"ranges", "max_entropy", "min_margin", "flag_empty"}
+        unknown = set(rules) - {"ranges", "flag_empty", *_NUMBERS}
         if unknown:
-            raise ValueError(f"review_rules: unknown key(s) {sorted(unknown)}; use ranges, max_entropy, min_margin, "
-                             f"flag_empty")  # fmt: skip
+            raise ValueError(f"review_rules: unknown key(s) {sorted(unknown)}; use ranges, flag_empty, "
+                             f"{', '.join(_NUMBERS)}")  # fmt: skip
         ranges = {}
         for column, bounds in dict(rules.get("ranges") or {}).items():
             if not isinstance(bounds, Sequence) or isinstance(bounds, str) or len(bounds) != 2:
@@ -122,36 +139,56 @@ class ReviewRules:
             if low is None and high is None or (low is not None and high is not None and low > high):
                 raise ValueError(f"review_rules: range of {column!r} is {list(bounds)}: give low <= high, or null")
             ranges[str(column)] = (low, high)
-        optional = {k: None if rules.get(k) is None else float(rules[k]) for k in ("max_entropy", "min_margin")}
-        return cls(ranges=ranges, flag_empty=bool(rules.get("flag_empty", False)), **optional)
+        numbers = {k: float(rules[k]) for k in _NUMBERS if rules.get(k) is not None}
+        return cls(ranges=ranges, flag_empty=bool(rules.get("flag_empty", False)), **numbers)
 
-    def reasons(self, row: Mapping[str, Any]) -> list[str]:
-        """Why a case (its measurements and signals in one row) should be checked; empty when nothing is odd."""
+    def reasons(
+        self,
+        row: Mapping[str, Any],
+        training: TrainingStatistics | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Why a case (its measurements and signals in one row) should be checked; empty when nothing is odd. With
+        ``training`` statistics, each documented range is widened to take in the training labels' range, and the
+        case's input statistics (``inputs``) are compared with the training images'."""
         found: list[str] = []
         if self.flag_empty and row.get("foreground_fraction") == 0:
             found.append("nothing found")
-        for column, (low, high) in self.ranges.items():
+        if training is not None and inputs is not None:
+            found += training.input_reasons(inputs, self.spacing_factor, self.intensity_tolerance)
+        for column, documented in self.ranges.items():
             if column not in row:
                 raise KeyError(f"review_rules: no column {column!r} in the row (columns: {', '.join(row)})")
             value = row[column]
             if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
                 continue
-            value = float(value)
-            name, unit = describe_column(column)
-            if (low is None or value >= low) and (high is None or value <= high):
-                continue
-            if low is not None and high is not None:
-                found.append(f"{name} {_number(value)}{unit} outside {_number(low)}-{_number(high)}{unit}")
-            elif high is not None:
-                found.append(f"{name} {_number(value)}{unit} > {_number(high)}{unit}")
-            else:
-                found.append(f"{name} {_number(value)}{unit} < {_number(low)}{unit}")
+            widened = None if training is None else training.measurement_range(
+                column, documented, self.training_range_factor)  # fmt: skip
+            low, high = documented if widened is None else widened
+            source = " (documented, widened to the training labels')" if (low, high) != documented else ""
+            found += _range_reason(column, float(value), low, high, source)
         entropy, margin = row.get("mean_entropy"), row.get("mean_margin")
         if self.max_entropy is not None and _finite(entropy) and entropy > self.max_entropy:
             found.append(f"uncertain: mean entropy {entropy:.2f} > {self.max_entropy:.2f} inside the structures")
         if self.min_margin is not None and _finite(margin) and margin < self.min_margin:
             found.append(f"uncertain: mean margin {margin:.2f} < {self.min_margin:.2f} inside the structures")
+        flip = row.get("flip_disagreement")
+        if self.max_flip_disagreement is not None and _finite(flip) and flip > self.max_flip_disagreement:
+            found.append(f"unstable: the flipped input's prediction differs on {100 * flip:.0f} % of the structures "
+                         f"(> {100 * self.max_flip_disagreement:.0f} %)")  # fmt: skip
         return found
+
+
+def _range_reason(column: str, value: float, low: float | None, high: float | None, source: str) -> list[str]:
+    """The reason a column's value outside ``[low, high]`` gives (none inside); ``source`` names the range's."""
+    name, unit = describe_column(column)
+    if (low is None or value >= low) and (high is None or value <= high):
+        return []
+    if low is not None and high is not None:
+        return [f"{name} {_number(value)}{unit} outside {_number(low)}-{_number(high)}{unit}{source}"]
+    if high is not None:
+        return [f"{name} {_number(value)}{unit} > {_number(high)}{unit}{source}"]
+    return [f"{name} {_number(value)}{unit} < {_number(low)}{unit}{source}"]
 
 
 def _finite(value: Any) -> bool:
@@ -159,22 +196,36 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def review_flag(row: Mapping[str, Any], rules: ReviewRules | Mapping[str, Any]) -> dict[str, Any]:
-    """``{"review": bool, "review_reasons": "; "-joined text}`` of a row holding a case's measurements and signals."""
+def review_flag(
+    row: Mapping[str, Any],
+    rules: ReviewRules | Mapping[str, Any],
+    training: TrainingStatistics | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{"review": bool, "review_reasons": "; "-joined text}`` of a row holding a case's measurements and signals
+    (``ReviewRules.reasons``)."""
     rules = rules if isinstance(rules, ReviewRules) else ReviewRules.from_config(rules)
-    reasons = rules.reasons(row)
+    reasons = rules.reasons(row, training, inputs)
     return {"review": bool(reasons), "review_reasons": "; ".join(reasons)}
 
 
 class ReviewRow:
     """A bundle's inference row function with the quality signals and the review flag added: calls ``row_fn(item)``,
     then adds ``mean_entropy``, ``mean_margin`` and ``foreground_fraction`` from ``item[quality_key]`` (set by
-    ``QualitySignalsd``) and ``review`` / ``review_reasons`` from ``rules``. For ``CaseTableWriter``'s ``row_fn``.
+    ``QualitySignalsd``; also ``flip_disagreement`` where ``common.flip_check.FlipAgreementd`` ran) and ``review`` /
+    ``review_reasons`` from ``rules``. For ``CaseTableWriter``'s ``row_fn``.
+
+    With ``statistics_path`` (the ``training_statistics.json`` training wrote beside the weights), the case's input
+    (``item[image_key]``, the network's input in its working grid) is compared with the training images, and the
+    measurement ranges come from the training labels (see ``ReviewRules``); without the file, the documented
+    ranges apply and there are no input warnings (one log line says so).
 
     Args:
         row_fn: the bundle's row function (one post-processed case -> a dict of measurements).
         rules: the bundle's ``review_rules`` (see ``ReviewRules``).
         quality_key: key of the signals in the item.
+        statistics_path: the training statistics file, or None.
+        image_key: key of the network's input in the item.
     """
 
     def __init__(
@@ -182,18 +233,27 @@ class ReviewRow:
         row_fn: Callable[[dict[str, Any]], dict[str, Any]],
         rules: Mapping[str, Any] | None = None,
         quality_key: str = "quality",
+        statistics_path: str | os.PathLike | None = None,
+        image_key: str = "image",
     ) -> None:
         self.row_fn = row_fn
         self.rules = ReviewRules.from_config(rules)
         self.quality_key = quality_key
+        self.training = None if statistics_path is None else TrainingStatistics.load(statistics_path)
+        self.image_key = image_key
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         row = dict(self.row_fn(item))
         quality = item.get(self.quality_key)
         if quality is None:
             raise KeyError(f"no {self.quality_key!r} in the case: put common.review.QualitySignalsd after the softmax")
-        row.update({name: float(quality[name]) for name in SIGNALS})
-        row.update(review_flag(row, self.rules))
+        row.update({name: float(quality[name]) for name in (*SIGNALS, *OPTIONAL_SIGNALS) if name in quality})
+        inputs = None
+        if self.training is not None:
+            if self.image_key not in item:
+                raise KeyError(f"no {self.image_key!r} in the case: the input warnings need the network's input")
+            inputs = input_statistics(item[self.image_key])
+        row.update(review_flag(row, self.rules, self.training, inputs))
         return row
 
 

@@ -89,6 +89,8 @@ def test_quick_mode_scores_clean_and_degraded_photographs(tmp_path):
     quick_benchmark(ROOT / "benchmarks" / "review_flags.py", tmp_path)
     results, cases = read_csv(tmp_path / "results.csv"), read_csv(tmp_path / "per_case.csv")
     assert [r["bundle"] for r in results] == ["retinal_vessel_unet"] and results[0]["weights"] == "untrained"
+    assert results[0]["statistics"] == "from the demo's training set"  # the weights came without them
+    assert (tmp_path / "retinal_vessel_unet" / "weights" / "training_statistics.json").is_file()
     assert sorted(c["kind"] for c in cases) == ["clean"] * 3 + ["crop", "intensity", "noise"]
     assert all(c["review"] in ("True", "False") for c in cases)
     assert int(results[0]["bad"]) + int(results[0]["good"]) == 6

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from common.review import review_flag, review_summary, rules_of
+from common.training_statistics import TrainingStatistics
 from conftest import (
     BUNDLE_NAMES,
     ROOT,
@@ -89,14 +90,17 @@ def test_evaluation_writes_per_case_and_summary_metrics(run):
     for key in run.profile.dice_keys.values():
         assert key in rows[0] and key in summary, key
         assert all(row[key] == "" or 0.0 <= float(row[key]) <= 1.0 or row[key] == "nan" for row in rows), key
-    # every case flagged as inference flags it (the rules of its inference.json), and how well the flags find the
-    # cases of low Dice (common.review.review_summary)
+    # every case flagged as inference flags it (the rules of its inference.json, the ranges of the training labels
+    # that training recorded beside the weights), and how well the flags find the cases of low Dice
+    # (common.review.review_summary); the input warnings need the images, not in the table, so they are left out
     rules = rules_of(run.profile.root)
+    training = TrainingStatistics.load(run.ckpt.parent / "training_statistics.json")
     for row in rows:
         values = {k: _value(v) for k, v in row.items()}
         assert {"mean_entropy", "mean_margin", "review", "review_reasons"} <= set(row)
-        flag = {"review": row["review"] == "True", "review_reasons": row["review_reasons"]}
-        assert review_flag(values, rules) == flag, row["case"]
+        reasons = [r for r in row["review_reasons"].split("; ") if r and not r.startswith("input ")]
+        assert review_flag(values, rules, training)["review_reasons"] == "; ".join(reasons), row["case"]
+        assert (row["review"] == "True") == bool(row["review_reasons"])
     review = summary["review"]
     assert review["cases"] == len(rows) and review["flagged"] == sum(row["review"] == "True" for row in rows)
     assert review["dice_columns"] == list(run.profile.dice_keys.values())
@@ -139,6 +143,20 @@ def test_inference_writes_every_output_in_the_input_grid(run):
     assert (inference / "report.html").is_file(), "no review page"
     assert len(list(run.out.glob("overlay_*.png"))) == min(3, len(test_cases))
     assert "held-out cases" in run.log
+
+
+def test_training_records_what_inference_compares_each_case_with(run):
+    # the training cases' spacing, normalised intensities and label measurements, beside the weights
+    statistics = json.loads((run.ckpt.parent / "training_statistics.json").read_text())
+    assert 1 <= statistics["cases"] < len(run.index["training"])  # the training split, without validation cases
+    assert len(statistics["spacing_mm"]["low"]) == run.profile.image_dims
+    assert len(statistics["intensity"]["low"]) == len(run.profile.channels)
+    assert set(rules_of(run.profile.root)["ranges"]) <= set(statistics["measurements"])
+    # the held-out test images come from the same generator: no input warning on any of them
+    tables = [read_csv(p) for p in (run.out / "inference").glob("*.csv")]
+    rows = [row for table in tables if len(table) == len(run.index["test"]) and "review" in table[0] for row in table]
+    assert len(rows) == len(run.index["test"]), "no measurements table with the review columns"
+    assert not [row["review_reasons"] for row in rows if "input " in row["review_reasons"]]
 
 
 def _broken_and_flat_inputs(run: QuickRun, folder: Path) -> tuple[str, str]:

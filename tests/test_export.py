@@ -111,6 +111,9 @@ def test_export_writes_a_self_contained_bundle(exported):
     assert {f for f in files if f.startswith("common/")} == set(common_closure(BUNDLE))
     assert "common/export.py" not in files and "common/profile.py" not in files and "tooling.json" not in files
     assert (root / "configs" / "inference.json").read_bytes() == (BUNDLE / "configs" / "inference.json").read_bytes()
+    # what the review flags compare new cases with travels with the weights
+    statistics = exported["ckpt"].parent / "training_statistics.json"
+    assert (root / "models" / "training_statistics.json").read_bytes() == statistics.read_bytes()
 
     source_meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     meta = json.loads((root / "configs" / "metadata.json").read_text())
