@@ -26,7 +26,11 @@ cases) and among the good ones, and flagged among the degraded and among the cle
 Command line::
 
     python benchmarks/review_flags.py --output_dir OUT --ckpt_dir TRAINED [--bundles retinal,cardiac]
-        [--num_cases 6] [--num_degraded 3] [--bad_ratio 0.8] [--quick]
+        [--num_cases 6] [--num_degraded 3] [--bad_ratio 0.8] [--flip True] [--quick]
+
+``--flip True`` also runs ``inference.json`` over the test images without and with the optional flip check
+(``--flip_check True``, which evaluation does not run): the extra seconds per case, how many bad and good outputs
+its ``max_flip_disagreement`` flags, and each case's ``flip_disagreement``.
 
 ``--quick`` (the test suite's): the retinal bundle on three small photographs and their three degraded copies.
 
@@ -230,6 +234,52 @@ def evaluate(bundle: str, data: Path, ckpt: Path, out: Path) -> tuple[list[dict[
     return rows, review
 
 
+def _run_inference(bundle: str, inputs: Path, ckpt: Path, out: Path, flip_check: bool) -> float:
+    """Run ``inference.json`` over ``inputs`` (no review page) with the flip check on or off; its wall seconds."""
+    root = ROOT / "bundles" / bundle
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"),
+           "--bundle_root", str(root), "--input_dir", str(inputs), "--output_dir", str(out), "--ckpt_path", str(ckpt),
+           "--flip_check", str(flip_check), "--write_report", "False"]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{bundle}: inference failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def flip_check(bundle: str, data: Path, ckpt: Path, out: Path) -> dict[str, Any]:
+    """The optional flip check on the test images: inference without and with it, the extra seconds per case, and
+    each case's ``flip_disagreement`` and whether the check flagged it (``{}`` for a bundle that has no axis to
+    flip, as its config says)."""
+    config = json.loads((ROOT / "bundles" / bundle / "configs" / "inference.json").read_text())
+    check = [t for t in config["postprocessing"]["transforms"] if t["_target_"].endswith("FlipAgreementd")]
+    if not check or not check[0].get("spatial_axes"):
+        return {}
+    first = json.loads((data / "dataset.json").read_text())["test"][0]["image"]
+    inputs = (data / (first[0] if isinstance(first, list) else first)).parent
+    seconds = {on: _run_inference(bundle, inputs, ckpt, out / f"flip_{on}", on) for on in (False, True)}
+    tables = [t for t in (out / "flip_True").glob("*.csv") if "flip_disagreement" in t.open().readline()]
+    with open(tables[0], newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {
+        "extra_s_per_case": (seconds[True] - seconds[False]) / max(len(rows), 1),
+        "cases": {r["case"]: (float(r["flip_disagreement"]), "unstable" in r["review_reasons"]) for r in rows},
+    }
+
+
+def flip_summary(check: dict[str, Any], dice: dict[str, float], limit: float) -> dict[str, Any]:
+    """The flip check's columns of a results row: its cost, and how many bad and good outputs it flagged."""
+    if not check:
+        return {"flip_extra_s_per_case": math.nan, "flip_flagged_bad": "", "flip_flagged_good": ""}
+    flagged = {case: flag for case, (_, flag) in check["cases"].items()}
+    bad = [case for case in flagged if not dice.get(case, math.nan) >= limit]
+    return {
+        "flip_extra_s_per_case": round(check["extra_s_per_case"], 2),
+        "flip_flagged_bad": f"{sum(flagged[c] for c in bad)}/{len(bad)}",
+        "flip_flagged_good": f"{sum(flagged.values()) - sum(flagged[c] for c in bad)}/{len(flagged) - len(bad)}",
+    }
+
+
 def _mean(values: list[float]) -> float:
     """Mean of the finite values (NaN when none)."""
     finite = [v for v in values if math.isfinite(v)]
@@ -295,6 +345,7 @@ def main(
     seed: int = 5,
     bad_ratio: float = 0.8,
     quick: bool = False,
+    flip: bool = False,
 ) -> str:
     """Evaluate every bundle on clean and degraded synthetic cases; write the tables; return the Markdown path."""
     out = Path(output_dir)
@@ -312,11 +363,16 @@ def main(
         data = out / bundle / "data"
         kinds = write_test_set(bundle, data, num_cases, num_degraded, seed, quick)
         rows, review = evaluate(bundle, data, ckpt, out / bundle / "eval")
-        results.append({**summarize_bundle(bundle, rows, kinds, review, bad_ratio), "weights": weights,
-                        "statistics": statistics})  # fmt: skip
+        summary = summarize_bundle(bundle, rows, kinds, review, bad_ratio)
+        checked = flip_check(bundle, data, ckpt, out / bundle) if flip else {}
+        dice = {row["case"]: case_dice(row) for row in rows}
+        flips = flip_summary(checked, dice, summary["bad_below_dice"]) if flip else {}
+        results.append({**summary, **flips, "weights": weights, "statistics": statistics})
         for row in rows:
+            disagreement = checked.get("cases", {}).get(row["case"], (math.nan, False))[0]
             per_case.append({"bundle": bundle, "case": row["case"], "kind": kinds.get(row["case"], "clean"),
-                             "dice": round(case_dice(row), 4), "review": row.get("review"),
+                             "dice": round(dice[row["case"]], 4), "review": row.get("review"),
+                             **({"flip_disagreement": round(disagreement, 3)} if flip else {}),
                              "reasons": row.get("review_reasons", "")})  # fmt: skip
         print(f"{bundle}: {results[-1]} ({time.perf_counter() - start:.0f} s)", flush=True)
     write_csv_atomic(out / "results.csv", results)

@@ -95,3 +95,15 @@ def test_quick_mode_scores_clean_and_degraded_photographs(tmp_path):
     assert all(c["review"] in ("True", "False") for c in cases)
     assert int(results[0]["bad"]) + int(results[0]["good"]) == 6
     assert "Review flags" in (tmp_path / "results.md").read_text()
+
+
+def test_the_flip_columns_count_bad_and_good_outputs_the_check_flagged():
+    checked = {"extra_s_per_case": 1.234, "cases": {"a": (0.9, True), "b": (0.2, False), "c": (0.7, True)}}
+    dice = {"a": 0.1, "b": 0.9, "c": 0.95}
+    row = rf.flip_summary(checked, dice, limit=0.5)
+    assert row == {"flip_extra_s_per_case": 1.23, "flip_flagged_bad": "1/1", "flip_flagged_good": "1/2"}
+    assert math.isnan(rf.flip_summary({}, dice, 0.5)["flip_extra_s_per_case"])
+
+
+def test_a_bundle_trained_without_flips_is_not_flip_checked(tmp_path):
+    assert rf.flip_check("liver_ct_unet3d", tmp_path, tmp_path / "model.pt", tmp_path) == {}  # nothing run
