@@ -137,6 +137,8 @@ def overlay_png(image: Any, label: Any, size: int = 192, channel: int | None = N
             flat = index.reshape(dims, -1).astype(np.float64)
             index = np.rint(to_image[:dims, :dims] @ flat + to_image[:dims, dims:]).astype(np.int64)
             index = index.reshape(dims, *found.shape)
+        step = max(1, min(found.shape) // (2 * size))  # the grey image at twice the picture's size is enough
+        index = index[:, ::step, ::step]
         grey = torch.nanmean(_sample(values, index), dim=0) if values.shape[0] > 1 else _sample(values, index)[0]
         scale = size / max(height_mm, width_mm, 1e-6)
         shape = (max(int(round(height_mm * scale)), 1), max(int(round(width_mm * scale)), 1))

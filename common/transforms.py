@@ -14,9 +14,17 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, get_track_meta, set_track_meta
-from monai.transforms import Compose, LoadImage, MapTransform, SaveImage
+from monai.transforms import (
+    Compose,
+    LoadImage,
+    MapTransform,
+    SaveImage,
+    ScaleIntensityRangePercentiles,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentilesd,
+)
 from monai.transforms.utils import get_largest_connected_component_mask
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_tensor
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -220,6 +228,35 @@ class CheckImaged(MapTransform):
                     f"{self.reference_key} {source_name(d, self.reference_key)} has {tuple(ref.shape[1:])}."
                 )
         return d
+
+
+class PartitionPercentiles(ScaleIntensityRangePercentiles):
+    """MONAI's ``ScaleIntensityRangePercentiles`` with both percentiles from one ``numpy.percentile`` (a partial
+    sort): MONAI's ``torch.quantile`` sorts the whole volume once per percentile, 13x slower on a cine stack. The same
+    linear interpolation, so the same values."""
+
+    def _normalize(self, img: Any) -> Any:
+        values = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float64)
+        a_min, a_max = (float(v) for v in np.percentile(values, (self.lower, self.upper)))
+        b_min, b_max = self.b_min, self.b_max
+        if self.relative:
+            if b_min is None or b_max is None:
+                raise ValueError("If it is relative, b_min and b_max should not be None.")
+            b_min, b_max = (b_max - b_min) * self.lower / 100.0 + b_min, (b_max - b_min) * self.upper / 100.0 + b_min
+        scaled = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=self.clip,
+                                     dtype=self.dtype)(img)  # fmt: skip
+        return convert_to_tensor(scaled, track_meta=False)
+
+
+class PartitionPercentilesd(ScaleIntensityRangePercentilesd):
+    """Dictionary form of ``PartitionPercentiles``, with the arguments of MONAI's
+    ``ScaleIntensityRangePercentilesd``."""
+
+    def __init__(self, keys: KeysCollection, lower: float, upper: float, b_min: float | None, b_max: float | None,
+                 clip: bool = False, relative: bool = False, channel_wise: bool = False, dtype: Any = np.float32,
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+        super().__init__(keys, lower, upper, b_min, b_max, clip, relative, channel_wise, dtype, allow_missing_keys)
+        self.scaler = PartitionPercentiles(lower, upper, b_min, b_max, clip, relative, channel_wise, dtype)
 
 
 class ArgMaxd(MapTransform):

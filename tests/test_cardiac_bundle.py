@@ -12,7 +12,7 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from conftest import ROOT, read_csv, segment
+from conftest import ROOT, load_module, read_csv, segment
 from synthetic.cardiac import generate_subject
 
 BUNDLE = ROOT / "bundles" / "cardiac_mr_fcn"
@@ -112,3 +112,16 @@ def test_single_slice_or_cine_training_image_is_rejected_naming_the_file(tmp_pat
         preprocessing()({"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")})
     text = str(err.value.__cause__ or err.value)
     assert "img.nii.gz" in text and message in text, text
+
+
+def test_the_lv_cavity_is_ringed_by_myocardium_in_the_phantoms_and_a_leak_is_measured():
+    clinical = load_module(BUNDLE / "scripts" / "clinical.py", "cardiac_clinical")
+    ring = np.zeros((9, 9, 2), np.int16)
+    ring[2:7, 2:7] = 2  # myocardium
+    ring[3:6, 3:6] = 3  # LV cavity: its 12 border neighbours are all myocardium
+    assert clinical.lv_enclosed_percent(ring) == 100.0
+    ring[3:6, 6, 1] = 1  # one slice's cavity touches the RV on one side: 3 of its 12 border neighbours
+    assert clinical.lv_enclosed_percent(ring) == pytest.approx(100 * 21 / 24)
+    assert np.isnan(clinical.lv_enclosed_percent(np.zeros((4, 4, 2), np.int16)))
+    for phase, (_, label, _) in generate_subject(seed=3, size=64).items():
+        assert clinical.lv_enclosed_percent(label) > 95.0, phase

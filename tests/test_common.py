@@ -19,6 +19,7 @@ from monai.transforms import (
     KeepLargestConnectedComponentd,
     Lambdad,
     LoadImaged,
+    ScaleIntensityRangePercentilesd,
 )
 from PIL import Image
 
@@ -37,6 +38,7 @@ from common.transforms import (
     ComposeWithoutMeta,
     KeepLargestComponentd,
     NormalizeInHeadd,
+    PartitionPercentilesd,
     RemoveSmallComponentsd,
     head_mask,
     multimodal_case_path,
@@ -413,3 +415,14 @@ def test_only_the_newest_epoch_checkpoints_are_kept(tmp_path):
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == ["checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_epoch=x.pt", "checkpoint_final.pt",
                     "model.pt"]  # fmt: skip
+
+
+@pytest.mark.parametrize("channel_wise, relative", [(False, False), (True, False), (True, True)])
+def test_partition_percentiles_scale_as_monai_does(channel_wise, relative):
+    image = MetaTensor(torch.randn(2, 31, 27, 9) * 300.0 + 50.0, affine=torch.diag(torch.tensor([1.5, 1.5, 8.0, 1.0])))
+    options = {"keys": "image", "lower": 1, "upper": 99, "b_min": 0.0, "b_max": 1.0, "clip": True,
+               "channel_wise": channel_wise, "relative": relative}  # fmt: skip
+    ours = PartitionPercentilesd(**options)({"image": image})["image"]
+    theirs = ScaleIntensityRangePercentilesd(**options)({"image": image})["image"]
+    torch.testing.assert_close(ours.as_tensor(), theirs.as_tensor(), rtol=0, atol=1e-6)
+    assert isinstance(ours, MetaTensor) and torch.equal(ours.affine, image.affine) and ours.dtype == torch.float32

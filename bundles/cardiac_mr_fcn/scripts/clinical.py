@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import Any
+
+import numpy as np
 
 from common.metrics.clinical import ACDC_CLASSES, indices_from_volumes, label_volumes_ml, voxel_volume_ml
 from common.metrics.multiclass import class_scores, voxel_spacing
@@ -37,11 +40,32 @@ def _volumes(label: Any, voxel_ml: float, prefix: str) -> dict[str, float]:
     return {f"{prefix}{name}_ml": volumes[name] for name in CLASSES}
 
 
+def lv_enclosed_percent(label: Any) -> float:
+    """Share (%) of the LV cavity's in-plane border that is myocardium: each LV-cavity pixel's 4 in-plane neighbours
+    (slices along the last axis) that are not LV cavity, counted; 100 when the myocardium rings the cavity in every
+    slice, NaN without an LV cavity. Outside the image counts as background."""
+    values = np.asarray(label.detach().cpu() if hasattr(label, "detach") else label)
+    values = np.rint(values[0] if values.ndim == 4 else values).astype(np.int16)
+    lv = values == CLASSES["lv"]
+    if not lv.any():
+        return math.nan
+    padded = np.pad(values, [(1, 1), (1, 1)] + [(0, 0)] * (values.ndim - 2))
+    border = myo = 0
+    for dx, dy in ((0, 1), (2, 1), (1, 0), (1, 2)):  # the 4 in-plane neighbours, as offsets into the padding
+        neighbour = padded[dx : dx + values.shape[0], dy : dy + values.shape[1]]
+        outside = lv & (neighbour != CLASSES["lv"])
+        border += int(outside.sum())
+        myo += int((outside & (neighbour == CLASSES["myo"])).sum())
+    return 100.0 * myo / border if border else 100.0
+
+
 def case_volumes(item: dict[str, Any]) -> dict[str, Any]:
-    """Inference row: subject, phase, and the predicted LV, RV and myocardium volumes (mL) in the input's grid."""
+    """Inference row: subject, phase, the predicted LV, RV and myocardium volumes (mL) in the input's grid, and how
+    much of the LV cavity's border is myocardium (``lv_enclosed_percent``, a plausibility check)."""
     pred = item["pred"]
     subject, phase = subject_and_phase(item, _case_name(item))
-    return {"subject": subject, "phase": phase, **_volumes(pred, voxel_volume_ml(pred.affine), "")}
+    return {"subject": subject, "phase": phase, **_volumes(pred, voxel_volume_ml(pred.affine), ""),
+            "lv_enclosed_percent": lv_enclosed_percent(pred)}  # fmt: skip
 
 
 def case_scores(item: dict[str, Any]) -> dict[str, Any]:
