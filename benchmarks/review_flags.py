@@ -211,8 +211,9 @@ def with_statistics(bundle: str, ckpt: Path, work: Path, quick: bool = False) ->
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_bytes(ckpt.read_bytes())
     root = ROOT / "bundles" / bundle
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "statistics", "--config_file", str(root / "configs" / "train.json"),
-           "--bundle_root", str(root), "--dataset_dir", str(train_data), "--ckpt_path", str(copy)]  # fmt: skip
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "statistics", "--config_file",
+           str(root / "configs" / "train.json"), "--bundle_root", str(root), "--dataset_dir", str(train_data),
+           "--ckpt_path", str(copy)]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{bundle}: training statistics failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

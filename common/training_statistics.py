@@ -4,12 +4,12 @@ unlike anything the network was trained on.
 At the start of training, ``write_training_statistics`` reads (up to ``max_cases`` of) the training cases through
 the validation preprocessing, i.e. as the network sees them, and writes ``training_statistics.json`` next to the
 model: per case, the input's voxel spacing from the finest to the coarsest axis (from its original affine, so of
-the scan as stored) and the 5th, 50th and 95th intensity percentiles of every channel after the bundle's normalisation; and the
-bundle's inference measurements (volumes, counts, diameters...) of the training labels. The file holds the
-smallest and largest value of each.
+the scan as stored) and the 5th, 50th and 95th intensity percentiles of every channel after the bundle's
+normalisation; and the bundle's inference measurements (volumes, counts, diameters...) of the training labels. The
+file holds the smallest and largest value of each.
 
-At inference, ``InputStatisticsd`` computes the same input statistics of each case, and
-``common.review.ReviewRow`` compares them with the recorded ranges (``TrainingStatistics.input_reasons``): an input
+At inference, ``common.review.ReviewRow`` computes the same input statistics of each case's network input
+(``input_statistics``) and compares them with the recorded ranges (``TrainingStatistics.input_reasons``): an input
 spacing more than ``spacing_factor`` times finer or coarser than every training image's, or an intensity percentile
 further than ``intensity_tolerance`` times the training images' typical 5-95 % spread outside the training range,
 become review reasons; and a bundle's documented measurement ranges are widened to take in the training labels'
@@ -22,17 +22,16 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
 
+from common.distributed import is_main
 from common.tables import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -66,23 +65,6 @@ def input_statistics(image: torch.Tensor) -> dict[str, Any]:
         step = max(1, channel.size // _MAX_VALUES)
         percentiles.append([float(v) for v in np.percentile(channel[::step], PERCENTILES)])
     return {"spacing_mm": spacing, "intensity_percentiles": percentiles}
-
-
-class InputStatisticsd(MapTransform):
-    """Store ``input_statistics`` of the image under ``keys`` in ``output_key`` (a plain dict); the image is not
-    changed. Put it where the validation preprocessing ends (after the intensity normalisation), as training
-    records the same statistics there."""
-
-    def __init__(self, keys: KeysCollection = "image", output_key: str = "input_statistics",
-                 allow_missing_keys: bool = False) -> None:  # fmt: skip
-        super().__init__(keys, allow_missing_keys)
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = input_statistics(d[key])
-        return d
 
 
 def _finite_number(value: Any) -> bool:
@@ -129,11 +111,6 @@ def _picks(count: int, limit: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, limit).round()})
 
 
-def _rank() -> int:
-    """This process's rank in a distributed run (0 without one)."""
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-
-
 def write_training_statistics(
     datalist: Sequence[Mapping[str, Any]],
     transform: Callable[[dict[str, Any]], dict[str, Any]],
@@ -150,7 +127,7 @@ def write_training_statistics(
     applied to each case with its label as the prediction. Only rank 0 of a distributed run writes (the others
     return None).
     """
-    if _rank() != 0:
+    if not is_main():
         return None
     inputs, rows = [], []
     for index in _picks(len(datalist), max_cases):

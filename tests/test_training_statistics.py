@@ -116,7 +116,8 @@ def test_training_writes_the_statistics_of_its_cases_through_the_given_preproces
     datalist = [{"image": i, "label": i % 2} for i in range(5)]
 
     def transform(item):
-        image = MetaTensor(torch.full((1, 4, 4), float(item["image"])), affine=torch.diag(torch.tensor([2.0, 3.0, 1.0])))
+        affine = torch.diag(torch.tensor([2.0, 3.0, 1.0]))
+        image = MetaTensor(torch.full((1, 4, 4), float(item["image"])), affine=affine)
         label = MetaTensor(torch.full((1, 4, 4), float(item["label"])), affine=image.affine)
         return {"image": image, "label": label}
 
