@@ -13,20 +13,15 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
-
-
-def _plain(values: torch.Tensor) -> torch.Tensor:
-    """The values of a tensor without MONAI's metadata."""
-    return values.as_tensor() if isinstance(values, MetaTensor) else torch.as_tensor(values)
+from monai.utils import convert_to_tensor
 
 
 def flip_disagreement(pred: torch.Tensor, flipped: torch.Tensor) -> float:
     """Share of the union of foreground voxels (argmax > 0 in either) where the labels of two channel-first class
     probabilities differ: 0.0 when they agree, 1.0 when no foreground voxel agrees, NaN when neither has foreground."""
-    first, second = _plain(pred), _plain(flipped)
+    first, second = convert_to_tensor(pred, track_meta=False), convert_to_tensor(flipped, track_meta=False)
     if first.shape != second.shape:
         raise ValueError(f"the two probabilities must have the same shape, got {tuple(first.shape)} and "
                          f"{tuple(second.shape)}")
@@ -95,7 +90,7 @@ class FlipAgreementd(MapTransform):
 
     def flipped_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities of the network on ``image`` flipped along the spatial axes, flipped back."""
-        values = _plain(image)
+        values = convert_to_tensor(image, track_meta=False)
         spatial = values.ndim - 1
         bad = [axis for axis in self.spatial_axes if not 0 <= axis < spatial]
         if bad:
@@ -107,7 +102,7 @@ class FlipAgreementd(MapTransform):
             logits = self.inferer(inputs, self.network)
             if isinstance(logits, (tuple, list)):
                 logits = logits[0]
-            prob = torch.softmax(_plain(logits).float(), dim=1)[0]
+            prob = torch.softmax(convert_to_tensor(logits, track_meta=False).float(), dim=1)[0]
             return torch.flip(prob, dims)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.utils import convert_to_tensor
 
 from common.distributed import is_main
 from common.tables import write_json_atomic
@@ -54,7 +55,7 @@ def sorted_spacing(affine: Any, spatial_dims: int) -> list[float]:
 def input_statistics(image: torch.Tensor) -> dict[str, Any]:
     """A channel-first image's voxel spacing, finest first (from ``original_affine``, else its affine; 1.0 each
     without metadata), and its intensity percentiles (``PERCENTILES``) per channel."""
-    values = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    values = convert_to_tensor(image, track_meta=False)
     spatial_dims = values.ndim - 1
     affine = None
     if isinstance(image, MetaTensor):
