@@ -46,3 +46,28 @@ def test_inference_measures_liver_volume_and_each_tumour(run):
         assert len(detail["tumours"]) == int(row["tumour_count"])
     tumour_rows = read_csv(outputs / "tumours.csv") if (outputs / "tumours.csv").exists() else []
     assert len(tumour_rows) == sum(int(r["tumour_count"]) for r in rows.values())
+
+
+def test_validation_scores_the_segmentation_inference_writes():
+    """The best model is chosen on what inference writes: validation keeps the largest liver component and turns
+    tumours under ``min_tumour_mm3`` into liver, as ``inference_postprocessing`` does."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from conftest import ROOT
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "bundles" / NAME / "configs" / "train.json")
+    postprocessing = parser.get_parsed_content("validate#postprocessing")
+    logits = torch.zeros(3, 40, 40, 20)
+    logits[0] = 1.0
+    logits[1, 5:30, 5:30, 2:18] = 2.0  # the liver
+    logits[1, 34:38, 34:38, 2:6] = 2.0  # a separate small "liver" component
+    logits[2, 10:15, 10:15, 5:10] = 3.0  # a tumour of 125 mm3
+    logits[2, 20, 20, 12] = 3.0  # a 1 mm3 speck
+    pred = postprocessing({"pred": MetaTensor(logits, affine=torch.eye(4))})["pred"][0].numpy()
+    assert parser.get_parsed_content("min_tumour_mm3") > 1.0
+    assert pred[34:38, 34:38, 2:6].max() == 0
+    assert pred[20, 20, 12] == 1 and (pred[10:15, 10:15, 5:10] == 2).all()
+    assert (pred == 2).sum() == 125

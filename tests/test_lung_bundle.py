@@ -192,3 +192,32 @@ def test_without_lung_fields_every_nodule_is_kept(caplog):
     empty = _meta(np.zeros_like(np.asarray(pred[0])), np.eye(4))
     kept = lungs_module.KeepInsideLungsd("pred")({"pred": pred, "lungs": empty})["pred"]
     assert int(kept.sum()) == 27 and "no lung fields found" in caplog.text
+
+
+def test_validation_scores_the_segmentation_inference_writes():
+    """The best model is chosen on what inference writes: validation drops nodules under ``min_nodule_mm3`` and
+    those outside the lung fields, as ``inference_postprocessing`` does."""
+    import sys
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train.json")
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        postprocessing = parser.get_parsed_content("validate#postprocessing")
+    finally:
+        sys.path.remove(str(BUNDLE))
+        for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[module]
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))  # 8 mm3 voxels
+    image = torch.zeros(1, 50, 50, 30)  # air around the body, windowed HU (-1000 -> 0)
+    image[0, 5:45, 5:45] = 0.5  # soft tissue, -300 HU
+    image[0, 10:25, 10:25, 8:23] = 0.1  # a lung of 27 mL, -860 HU
+    logits = torch.zeros(2, 50, 50, 30)
+    logits[0] = 1.0
+    logits[1, 15:17, 15:17, 12:14] = 2.0  # a nodule of 64 mm3 in the lung
+    logits[1, 20, 20, 18] = 2.0  # 8 mm3, under the minimum
+    logits[1, 36:39, 36:39, 10:13] = 2.0  # 216 mm3 in the chest wall, 22 mm from the lung
+    data = {"image": MetaTensor(image, affine=affine), "pred": MetaTensor(logits, affine=affine)}
+    pred = postprocessing(data)["pred"][0].numpy()
+    assert parser.get_parsed_content("min_nodule_mm3") > 8.0
+    assert pred.sum() == 8 and pred[15:17, 15:17, 12:14].all()

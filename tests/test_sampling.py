@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import pytest
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, FgBgToIndicesd, RandCropByPosNegLabeld
 
 from common.sampling import LesionBalancedIndicesd, lesion_balanced_indices
@@ -50,3 +52,55 @@ def test_crops_are_centred_on_each_lesion_about_equally_often():
     sizes = collections.Counter(min(int(c["label"].sum()), 3) for c in crops)  # 1, 2, or the cube (>= 3)
     for lesion in (1, 2, 3):
         assert 150 < sizes[lesion] < 250, sizes
+
+
+def lesion_offsets_in_training_crops(bundle: str, shape: tuple[int, int, int], crops: int = 48) -> tuple[list, list]:
+    """The shipped ``train.json``'s crop sampling (``train#deterministic_transforms`` and ``train#random_transforms``
+    up to the crop at ``roi_size``) applied to a volume with one lesion of label ``num_classes - 1``: the lesion's
+    offset (voxels) from each crop's centre, for the crops that hold it, and the crops' shapes."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import RandSpatialCropd
+
+    from conftest import ROOT
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "bundles" / bundle / "configs" / "train.json")
+    parser["crops_per_volume"] = crops
+    steps = parser.get_parsed_content("train#deterministic_transforms")
+    for transform in parser.get_parsed_content("train#random_transforms"):
+        steps.append(transform)
+        if isinstance(transform, RandSpatialCropd):
+            break
+    transform = Compose(steps)
+    transform.set_random_state(0)
+    label = np.zeros((1, *shape), np.uint8)
+    centre = np.array(shape) // 2
+    label[(0, *(slice(c - 2, c + 3) for c in centre))] = parser.get_parsed_content("num_classes") - 1
+    image = MetaTensor(torch.rand(1, *shape), affine=torch.eye(4))
+    out = transform({"image": image, "label": MetaTensor(torch.as_tensor(label), affine=torch.eye(4))})
+    offsets, shapes = [], []
+    for crop in out:
+        shapes.append(tuple(crop["image"].shape[1:]))
+        lesion = np.argwhere(np.asarray(crop["label"][0]) == label.max())
+        if len(lesion):
+            offsets.append(lesion.mean(axis=0) - (np.array(crop["label"].shape[1:]) - 1) / 2)
+    return offsets, shapes
+
+
+@pytest.mark.parametrize(
+    "bundle, shape", [("lung_nodule_fcn3d", (120, 120, 100)), ("liver_ct_unet3d", (200, 200, 100))]
+)
+def test_training_crops_hold_a_lesion_anywhere_not_only_at_their_centre(bundle, shape):
+    """Crops centred on lesion voxels taught the network that lesions lie at the centre of its window: a nodule
+    12 voxels off-centre was not found, so sliding windows missed it. The sampled crop is larger and a random
+    roi-sized window of it is kept, so the lesion's offset from the crop's centre spreads over the window."""
+    from monai.bundle import ConfigParser
+
+    from conftest import ROOT
+
+    roi = ConfigParser.load_config_file(ROOT / "bundles" / bundle / "configs" / "train.json")["roi_size"]
+    offsets, shapes = lesion_offsets_in_training_crops(bundle, shape)
+    assert set(shapes) == {tuple(roi)}
+    assert len(offsets) >= 10  # the positive crops (lesion-centred sampling) still hold the lesion
+    spread = np.abs(np.array(offsets)).max(axis=0)
+    assert (spread >= np.array(roi) / 6).all(), spread  # a centred crop would have offsets within one voxel
