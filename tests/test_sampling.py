@@ -1,4 +1,5 @@
-"""Lesion-balanced crop centres: every lesion drawn equally often, whatever its size."""
+"""Training crops of lesions: every lesion drawn equally often, whatever its size, and placed anywhere in the
+window the network sees, not only at its centre."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import collections
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, FgBgToIndicesd, RandCropByPosNegLabeld
+from monai.transforms import Compose, FgBgToIndicesd, RandCropByPosNegLabeld, RandSpatialCropd
 
 from common.sampling import LesionBalancedIndicesd, lesion_balanced_indices
+from conftest import ROOT
 
 
 def three_lesions() -> np.ndarray:
@@ -58,11 +61,6 @@ def lesion_offsets_in_training_crops(bundle: str, shape: tuple[int, int, int], c
     """The shipped ``train.json``'s crop sampling (``train#deterministic_transforms`` and ``train#random_transforms``
     up to the crop at ``roi_size``) applied to a volume with one lesion of label ``num_classes - 1``: the lesion's
     offset (voxels) from each crop's centre, for the crops that hold it, and the crops' shapes."""
-    from monai.bundle import ConfigParser
-    from monai.transforms import RandSpatialCropd
-
-    from conftest import ROOT
-
     parser = ConfigParser()
     parser.read_config(ROOT / "bundles" / bundle / "configs" / "train.json")
     parser["crops_per_volume"] = crops
@@ -94,10 +92,6 @@ def test_training_crops_hold_a_lesion_anywhere_not_only_at_their_centre(bundle, 
     """Crops centred on lesion voxels taught the network that lesions lie at the centre of its window: a nodule
     12 voxels off-centre was not found, so sliding windows missed it. The sampled crop is larger and a random
     roi-sized window of it is kept, so the lesion's offset from the crop's centre spreads over the window."""
-    from monai.bundle import ConfigParser
-
-    from conftest import ROOT
-
     roi = ConfigParser.load_config_file(ROOT / "bundles" / bundle / "configs" / "train.json")["roi_size"]
     offsets, shapes = lesion_offsets_in_training_crops(bundle, shape)
     assert set(shapes) == {tuple(roi)}
