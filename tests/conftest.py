@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -9,7 +10,7 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -292,13 +293,26 @@ def training_preprocessing(profile: BundleProfile) -> Callable[[dict], dict]:
     parser = ConfigParser()
     parser.read_config(profile.config("train.json"))
     parser["bundle_root"] = str(profile.root)
-    sys.path.insert(0, str(profile.root))
-    try:
+    with bundle_scripts(profile.root):
         return Compose(parser.get_parsed_content("preprocessing"))
-    finally:
-        sys.path.remove(str(profile.root))
+
+
+@contextlib.contextmanager
+def bundle_scripts(root: Path) -> Iterator[None]:
+    """The bundle at ``root``'s own ``scripts`` package importable inside the block, as MONAI's run makes it; any
+    other bundle's ``scripts`` imported before is forgotten first, and this one after."""
+
+    def forget() -> None:
         for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[module]  # the next bundle has its own ``scripts``
+            del sys.modules[module]
+
+    forget()
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        forget()
 
 
 def world(affine, voxels):

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from conftest import ROOT, QuickRun, load_module, read_csv
+from conftest import ROOT, QuickRun, bundle_scripts, load_module, read_csv
 from synthetic.lung import build_phantom
 
 BUNDLE = ROOT / "bundles" / "lung_nodule_fcn3d"
@@ -197,17 +197,10 @@ def test_without_lung_fields_every_nodule_is_kept(caplog):
 def test_validation_scores_the_segmentation_inference_writes():
     """The best model is chosen on what inference writes: validation drops nodules under ``min_nodule_mm3`` and
     those outside the lung fields, as ``inference_postprocessing`` does."""
-    import sys
-
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "train.json")
-    sys.path.insert(0, str(BUNDLE))
-    try:
+    with bundle_scripts(BUNDLE):
         postprocessing = parser.get_parsed_content("validate#postprocessing")
-    finally:
-        sys.path.remove(str(BUNDLE))
-        for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[module]
     affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))  # 8 mm3 voxels
     image = torch.zeros(1, 50, 50, 30)  # air around the body, windowed HU (-1000 -> 0)
     image[0, 5:45, 5:45] = 0.5  # soft tissue, -300 HU
