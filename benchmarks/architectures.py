@@ -40,7 +40,6 @@ and ``data_efficiency.png`` into ``output_dir``. Every field of :class:`Settings
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -50,7 +49,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ from options import as_tuple
 
 import synthetic
 from common.networks import PatchCNN
-from common.profile import BundleProfile, bundle_names, describe
+from common.profile import BundleProfile, bundle_names, bundle_scripts, describe
 
 ARCHITECTURES = ("patch_cnn", "fcn", "unet", "fcn_rnn", "unet_rnn")
 #: architecture -> (bundle, config files merged in order) whose ``network_def`` builds it (the benchmark's design:
@@ -189,25 +188,6 @@ def task_profile(task: str) -> BundleProfile:
     raise ValueError(f"no bundle does the task {task!r}")
 
 
-def _drop_scripts() -> None:
-    """Forget every imported ``scripts`` package (each bundle's own code has that name)."""
-    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[name]
-
-
-@contextlib.contextmanager
-def bundle_code(root: Path) -> Iterator[None]:
-    """Inside the block, the bundle at ``root`` has its own code importable as ``scripts`` (its configs'
-    ``scripts.<module>`` targets); no other bundle's ``scripts`` is imported before or after it."""
-    _drop_scripts()
-    sys.path.insert(0, str(root))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(root))
-        _drop_scripts()
-
-
 def bundle_content(
     bundle: str, item: str, files: Sequence[str] = ("train.json",), values: dict[str, Any] | None = None
 ) -> Any:
@@ -217,7 +197,7 @@ def bundle_content(
     parser.read_config([str(root / "configs" / f) for f in files])
     for key, value in (values or {}).items():
         parser[key] = value
-    with bundle_code(root):
+    with bundle_scripts(root):
         return parser.get_parsed_content(item, lazy=False)
 
 

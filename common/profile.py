@@ -7,7 +7,10 @@ needs only its own folder and its generator (see ``docs/adding_a_bundle.md``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,3 +79,23 @@ def describe(bundle: str | Path) -> BundleProfile:
         quick=tooling["quick"],
         extra={k: v for k, v in tooling.items() if k not in known and not k.startswith("_")},
     )
+
+
+def _forget_bundle_scripts() -> None:
+    """Forget every imported ``scripts`` package (each bundle's own code has that name)."""
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def bundle_scripts(root: str | Path) -> Iterator[None]:
+    """Inside the block, the bundle at ``root`` has its own code importable as ``scripts`` (its configs'
+    ``scripts.<module>`` targets), as MONAI's run makes it; no other bundle's ``scripts`` is imported before or after
+    it."""
+    _forget_bundle_scripts()
+    sys.path.insert(0, str(root))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(root))
+        _forget_bundle_scripts()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib.util
 import json
@@ -10,14 +9,14 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from common.profile import BundleProfile, bundle_names, describe
+from common.profile import BundleProfile, bundle_names, bundle_scripts, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "common" / "schemas" / "bundle_metadata_schema.json"
@@ -295,24 +294,6 @@ def training_preprocessing(profile: BundleProfile) -> Callable[[dict], dict]:
     parser["bundle_root"] = str(profile.root)
     with bundle_scripts(profile.root):
         return Compose(parser.get_parsed_content("preprocessing"))
-
-
-@contextlib.contextmanager
-def bundle_scripts(root: Path) -> Iterator[None]:
-    """The bundle at ``root``'s own ``scripts`` package importable inside the block, as MONAI's run makes it; any
-    other bundle's ``scripts`` imported before is forgotten first, and this one after."""
-
-    def forget() -> None:
-        for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[module]
-
-    forget()
-    sys.path.insert(0, str(root))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(root))
-        forget()
 
 
 def world(affine, voxels):

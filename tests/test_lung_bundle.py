@@ -16,7 +16,8 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from conftest import ROOT, QuickRun, bundle_scripts, load_module, read_csv
+from common.profile import bundle_scripts
+from conftest import ROOT, QuickRun, load_module, read_csv
 from synthetic.lung import build_phantom
 
 BUNDLE = ROOT / "bundles" / "lung_nodule_fcn3d"
